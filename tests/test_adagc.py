@@ -374,6 +374,27 @@ def test_experiment_presets_compose(experiment):
         assert set(compose(f"experiment={experiment}", "loss=an").loss) == {"_target_"}
 
 
+@pytest.mark.parametrize(
+    ("ablation", "switch"),
+    [("adagc_fixed_trigger", ("trigger", "fixed")), ("adagc_single_ema", ("dual_ema", False)), ("adagc_no_mixup", ("mixup", False))],
+)
+def test_ablation_variants_switch_one_component_each(ablation, switch):
+    full = compose("experiment=adagc_ablation").loss
+    variant = compose("experiment=adagc_ablation", f"ablation={ablation}").loss
+    key, value = switch
+    assert full[key] != value and variant[key] == value
+    # Everything else, the synthetic preset's settings included, stays as in the full method.
+    assert {k: v for k, v in variant.items() if k != key} == {k: v for k, v in full.items() if k != key}
+    assert variant.max_warmup == 5 and variant.teacher_momentum == 0.99
+
+
+def test_ablation_preset_matches_the_methods_sweep_setting():
+    # The baselines of experiment=synthetic_methods are AdaGC's comparison: same data, model, length.
+    adagc, methods = compose("experiment=adagc_ablation"), compose("experiment=synthetic_methods")
+    for key in ("dataset", "backbone", "optim", "trainer"):
+        assert adagc[key] == methods[key], key
+
+
 def compose(*overrides: str):
     register_resolvers()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):

@@ -109,6 +109,14 @@ def test_wandb_logger_carries_group_tags_and_job_type(tmp_path, monkeypatch):
     assert init["tags"] == ["synthetic", "dominant", "en", "resnet18", "mine"]
 
 
+def test_wandb_job_type_of_an_ablation_variant_is_its_name(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = compose_cli(tmp_path, "logger=wandb", "experiment=adagc_ablation", "ablation=adagc_no_mixup")
+    init = instantiate(cfg.logger.wandb)._wandb_init
+    assert init["job_type"] == "adagc_no_mixup"
+    assert "adagc" in init["tags"] and "adagc_no_mixup" in init["tags"]
+
+
 def test_unknown_override_key_is_a_clear_error(tmp_path):
     from hydra.errors import ConfigCompositionException
 

@@ -10,11 +10,13 @@ import pytest
 from splml.report import main
 
 
-def _write(root: Path, name: str, loss: str, seed: int, mAP: float | None, status: str = "completed") -> None:
+def _write(
+    root: Path, name: str, loss: str, seed: int, mAP: float | None, status: str = "completed", ablation: str | None = None
+) -> None:
     run = root / name
     run.mkdir(parents=True)
-    result = {"status": status, "seed": seed,
-              "choices": {"dataset": "synthetic", "labels": "random", "loss": loss, "backbone": "resnet18"}}  # fmt: skip
+    choices = {"dataset": "synthetic", "labels": "random", "loss": loss, "backbone": "resnet18", "ablation": ablation}
+    result = {"status": status, "seed": seed, "choices": choices}
     if status == "completed":
         result.update({"test/mAP_macro": mAP, "test/mAP_micro": mAP, "test/F1_macro": mAP})
     else:
@@ -38,6 +40,18 @@ def test_report_table_statistics_ranks_and_failures(tmp_path, capsys):
     assert "Failed runs (1)" in table and "loss is nan" in table
     csv_text = (tmp_path / "out" / "table.csv").read_text()
     assert "synthetic,random,en,resnet18,62.0000,2.8284" in csv_text
+
+
+def test_report_keeps_ablation_variants_apart_from_the_full_method(tmp_path):
+    _write(tmp_path, "0", "adagc", 1, 60.0)
+    _write(tmp_path, "1", "adagc", 2, 62.0)
+    _write(tmp_path, "2", "adagc", 1, 40.0, ablation="adagc_no_mixup")
+    _write(tmp_path, "3", "adagc", 2, 42.0, ablation="adagc_no_mixup")
+    main([str(tmp_path), "--out", str(tmp_path / "out")])
+    table = (tmp_path / "out" / "table.md").read_text()
+    rows = {line.split("|")[3].strip(): line for line in table.splitlines() if line.startswith("| synthetic")}
+    assert set(rows) == {"adagc", "adagc_no_mixup"}
+    assert "61.00 ± 1.41" in rows["adagc"] and "41.00 ± 1.41" in rows["adagc_no_mixup"]
 
 
 def test_report_without_results_is_a_clear_error(tmp_path):

@@ -1,48 +1,107 @@
-"""Method comparison on the synthetic dataset: one Hydra sweep, then the report.
+"""Method comparison on the synthetic dataset: the Hydra sweeps, the archive, then the report.
 
     python experiments/methods/run_quality.py [--seeds 1 2 3] [--losses an en ...] [--labels random dominant]
+        [--adagc-variants none adagc_no_mixup ...] [--jobs 2]
 
-The sweep folder is fixed (logs/bench/synthetic_methods) and runs are named by their
-overrides, so re-running the command only trains what is missing or failed
-(``skip_completed=true``). The table goes to experiments/methods/quality/.
+Two sweeps share one folder (logs/bench/synthetic_methods): every loss of the comparison set
+(experiment=synthetic_methods) and AdaGC with its ablation variants (experiment=adagc_ablation,
+the same data, model, optimiser and length). Runs are named by their overrides and
+``skip_completed=true`` skips finished ones, so re-running the command only trains what is
+missing or failed.
+
+Each finished run's ``results.json`` and ``csv/metrics.csv`` (a few kB; no checkpoints) are
+copied to ``experiments/synthetic/runs/`` and copied back before a sweep starts: the measured
+table lives in the repository, and a sweep interrupted on one machine resumes on another. The
+report reads the archive and writes experiments/methods/quality/ and
+experiments/synthetic/comparison/ (the same table).
+
+``--jobs N`` runs N trainings at once (Hydra's joblib launcher), each with cores/N threads: on a
+2-core CPU two single-thread runs finish about 1.3x faster in total than one two-thread run.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
+ARCHIVE = REPO / "experiments" / "synthetic" / "runs"
+REPORTS = (HERE / "quality", REPO / "experiments" / "synthetic" / "comparison")
 ALL_LOSSES = [
     "full", "an", "an_ls", "wan", "epr", "role", "en", "en_cl", "en_scl",
     "ll_r", "ll_ct", "ll_cp", "em", "em_apl", "asl", "focal", "hill", "splc", "gr",
 ]  # fmt: skip
+ADAGC_VARIANTS = ["none", "adagc_fixed_trigger", "adagc_single_ema", "adagc_no_mixup"]
+#: What a run leaves that the report needs (results and per-epoch curves), relative to its folder.
+KEPT_FILES = ("results.json", "csv/metrics.csv", ".hydra/overrides.yaml")
+
+
+def sync(src: Path, dst: Path) -> int:
+    """Copy the kept files of every completed run below ``src`` to ``dst`` (same run names)."""
+    copied = 0
+    if not src.is_dir():
+        return copied
+    for results in src.glob("*/results.json"):
+        run = results.parent
+        for name in KEPT_FILES:
+            source, target = run / name, dst / run.name / name
+            if source.is_file() and (not target.is_file() or target.read_bytes() != source.read_bytes()):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, target)
+                copied += 1
+    return copied
+
+
+def sweep_command(args: argparse.Namespace, experiment: str, varied: str) -> list[str]:
+    launcher = ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.jobs}"] if args.jobs > 1 else []
+    return [
+        sys.executable, "-m", "splml.train", "-m", f"experiment={experiment}", "skip_completed=true", *launcher,
+        f"hydra.sweep.dir={args.sweep_dir}", "hydra.sweep.subdir=${hydra.job.override_dirname}",
+        # Seeds vary slowest, so a sweep cut short still has every method at the first seeds.
+        f"seed={','.join(map(str, args.seeds))}", f"labels={','.join(args.labels)}", varied, *args.overrides,
+    ]  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--losses", nargs="+", default=ALL_LOSSES)
+    parser.add_argument("--losses", nargs="*", default=ALL_LOSSES, help="losses of the methods sweep (none: skip it)")
+    parser.add_argument(
+        "--adagc-variants", nargs="*", default=ADAGC_VARIANTS, help="ablation=... values of the AdaGC sweep (none: skip it)"
+    )
     parser.add_argument("--labels", nargs="+", default=["random", "dominant"])
+    parser.add_argument("--jobs", type=int, default=1, help="trainings at once (joblib launcher)")
     parser.add_argument("--sweep-dir", type=Path, default=REPO / "logs" / "bench" / "synthetic_methods")
+    parser.add_argument("--archive", type=Path, default=ARCHIVE)
+    parser.add_argument("--report-only", action="store_true", help="write the report from the archive, train nothing")
     parser.add_argument("--overrides", nargs="*", default=[], help="extra Hydra overrides for every run")
     args = parser.parse_args()
-    sweep = [
-        sys.executable, "-m", "splml.train", "-m", "experiment=synthetic_methods", "skip_completed=true",
-        f"hydra.sweep.dir={args.sweep_dir}", "hydra.sweep.subdir=${hydra.job.override_dirname}",
-        # Seeds vary slowest, so a sweep cut short still has every method at the first seeds.
-        f"seed={','.join(map(str, args.seeds))}", f"labels={','.join(args.labels)}", f"loss={','.join(args.losses)}",
-        *args.overrides,
-    ]  # fmt: skip
-    print("+", " ".join(sweep), flush=True)
-    subprocess.run(sweep, check=True, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    report = [sys.executable, "-m", "splml.report", str(args.sweep_dir), "--out", str(HERE / "quality")]
-    print("+", " ".join(report), flush=True)
-    subprocess.run(report, check=True, cwd=REPO)
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if args.jobs > 1:
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.jobs)))
+    if not args.report_only:
+        print(f"restored {sync(args.archive, args.sweep_dir)} archived files into {args.sweep_dir}", flush=True)
+        sweeps = []
+        if args.losses:
+            sweeps.append(sweep_command(args, "synthetic_methods", f"loss={','.join(args.losses)}"))
+        if args.adagc_variants:
+            sweeps.append(sweep_command(args, "adagc_ablation", f"ablation={','.join(args.adagc_variants)}"))
+        try:
+            for cmd in sweeps:
+                print("+", " ".join(cmd), flush=True)
+                subprocess.run(cmd, check=True, cwd=REPO, env=env)
+        finally:
+            print(f"archived {sync(args.sweep_dir, args.archive)} files into {args.archive}", flush=True)
+    for out in REPORTS:
+        report = [sys.executable, "-m", "splml.report", str(args.archive), "--out", str(out)]
+        print("+", " ".join(report), flush=True)
+        subprocess.run(report, check=True, cwd=REPO)
 
 
 if __name__ == "__main__":

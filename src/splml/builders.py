@@ -13,11 +13,12 @@ from omegaconf import DictConfig, OmegaConf
 from splml.data.datamodule import ReBENDataModule
 from splml.models.model import SPMLModel
 from splml.module import SPMLModule
+from splml.utils.naming import method_name
 
 log = logging.getLogger(__name__)
 
 #: The config groups whose choice identifies a run (recorded in results.json and logger tags).
-CHOICE_GROUPS = ("dataset", "labels", "loss", "backbone", "head", "trainer", "logger", "experiment")
+CHOICE_GROUPS = ("dataset", "labels", "loss", "backbone", "head", "trainer", "logger", "experiment", "ablation")
 
 
 def project_root() -> Path:
@@ -38,6 +39,8 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("splml_root", lambda: str(project_root()))
     if not OmegaConf.has_resolver("splml_tags"):
         OmegaConf.register_new_resolver("splml_tags", _flatten_tags)
+    if not OmegaConf.has_resolver("splml_method"):
+        OmegaConf.register_new_resolver("splml_method", method_name)
     if not OmegaConf.has_resolver("splml_mkdir"):
         OmegaConf.register_new_resolver("splml_mkdir", _mkdir)
 

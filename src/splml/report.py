@@ -27,13 +27,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from splml.utils.naming import method_name
+
 DEFAULT_METRICS = ("test/mAP_macro", "test/mAP_micro", "test/F1_macro")
 GROUP_KEYS = ("dataset", "labels", "loss", "backbone")
 
 
 @dataclass
 class RunGroup:
-    """Runs sharing dataset, labels, loss and backbone."""
+    """Runs sharing dataset, labels, method and backbone (method = the ablation name if set, else the loss)."""
 
     key: tuple[str, ...]
     results: list[dict[str, Any]] = field(default_factory=list)
@@ -76,6 +78,8 @@ def group_runs(files: Iterable[Path]) -> dict[tuple[str, ...], RunGroup]:
             raise ValueError(f"{path}: not valid JSON ({exc})") from exc
         choices = result.get("choices") or {}
         key = tuple(str(choices.get(k, "?")) for k in GROUP_KEYS)
+        # A named variant (conf/ablation/) is its own method, never averaged with the full loss.
+        key = (key[0], key[1], method_name(key[2], choices.get("ablation")), key[3])
         group = groups.setdefault(key, RunGroup(key))
         if result.get("status", "completed") != "completed":
             group.failed.append(f"{path.parent} ({result.get('error', 'failed')})")
