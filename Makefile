@@ -27,6 +27,7 @@ test: install
 bench: install
 	$(PY) experiments/methods/bench_machinery.py
 	$(PY) experiments/synthetic/run_baselines.py
+	$(PY) experiments/data/bench_reader.py
 
 # The method comparison sweep (hours on a 2-core CPU; resumable).
 bench-methods: install

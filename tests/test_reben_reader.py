@@ -50,6 +50,58 @@ def test_bilinear_upsampling_and_resize(tiny_reben):
     assert ds[0]["image"].shape == (12, 64, 64)
 
 
+def _reference_image(root: Path, ds: ReBENDataset, i: int) -> torch.Tensor:
+    """What a plain reader gives: safetensors.numpy.load, per-band interpolate, then normalise."""
+    rec = ds.records[i]
+    arrays = {**safetensors.numpy.load(_get(root, rec.patch_id)), **safetensors.numpy.load(_get(root, rec.s1_name))}
+    channels = []
+    for b in ds.bands:
+        x = torch.from_numpy(arrays[b].astype(np.float32))[None, None]
+        if x.shape[-1] != ds.image_size:
+            mode = ds.upsampling if x.shape[-1] < ds.image_size else "area"
+            kwargs = {"align_corners": False} if mode == "bilinear" else {}
+            x = torch.nn.functional.interpolate(x, size=(ds.image_size,) * 2, mode=mode, **kwargs)
+        mean, std = BAND_STATS[b]
+        channels.append((x[0, 0] - mean) / std)
+    return torch.stack(channels)
+
+
+@pytest.mark.parametrize(
+    ("bands", "size", "upsampling"),
+    [
+        ("all", 120, "nearest"),
+        ("s2_full", 120, "nearest"),  # 20 px bands: factor 6
+        ("s2_full", 120, "bilinear"),
+        ("all", 64, "nearest"),  # non-integer upsampling and area downsampling
+        ("s2_full", 64, "bilinear"),
+        (["B05", "B02", "VH", "B06", "B01"], 120, "nearest"),  # bands of one size not side by side
+    ],
+)
+def test_fast_reader_equals_the_plain_per_band_reader(tiny_reben, bands, size, upsampling):
+    # The reader normalises at native resolution and resizes band groups together; the result
+    # must be what per-band interpolate-then-normalise gives.
+    ds = ReBENDataset(tiny_reben, "train", bands=bands, image_size=size, upsampling=upsampling)
+    for i in (0, len(ds) - 1):
+        torch.testing.assert_close(ds[i]["image"], _reference_image(tiny_reben, ds, i), atol=2e-5, rtol=1e-5)
+
+
+def test_safetensors_views_equal_safetensors_load_without_copying(tiny_reben):
+    from splml.data.reben import safetensors_views
+
+    ds = ReBENDataset(tiny_reben, "train")
+    value = _get(tiny_reben, ds.records[0].patch_id)
+    views, loaded = safetensors_views(value), safetensors.numpy.load(value)
+    assert views.keys() == loaded.keys()
+    for name, arr in loaded.items():
+        assert views[name].dtype == arr.dtype and views[name].shape == arr.shape
+        np.testing.assert_array_equal(views[name], arr)
+        assert not views[name].flags.writeable and not views[name].flags.owndata
+    with pytest.raises(ValueError, match="data bytes"):
+        safetensors_views(value[:-10])
+    with pytest.raises(ValueError, match="header length"):
+        safetensors_views(value[:20])
+
+
 def test_unknown_band_set_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown band set 'rbg'"):
         resolve_band_set("rbg")

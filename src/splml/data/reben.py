@@ -8,6 +8,9 @@ safe with any start method.
 
 from __future__ import annotations
 
+import functools
+import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,7 +20,6 @@ from typing import Any
 import lmdb
 import numpy as np
 import pyarrow.parquet as pq
-import safetensors.numpy
 import torch
 import torch.nn.functional as F
 
@@ -143,7 +145,100 @@ def reference_map_to_class_counts(codes: np.ndarray) -> np.ndarray:
     return out
 
 
+#: safetensors dtype names of the arrays a reBEN value may hold.
+_SAFETENSORS_DTYPES = {"U8": np.uint8, "U16": np.uint16, "I16": np.int16, "I32": np.int32, "F16": np.float16,
+                       "F32": np.float32, "F64": np.float64}  # fmt: skip
+
+
+def safetensors_views(value: bytes | memoryview) -> dict[str, np.ndarray]:
+    """Parse a serialized safetensors dict into read-only numpy views of its bytes (no copy).
+
+    The format: an 8-byte little-endian header length, a JSON header mapping each name to its
+    ``dtype``, ``shape`` and ``data_offsets`` (relative to the end of the header), then the raw
+    little-endian bytes. Gives the same arrays as ``safetensors.numpy.load(bytes(value))``
+    (tested) without copying the value or the arrays; raises ValueError on a malformed value.
+    """
+    buf = memoryview(value)
+    if len(buf) < 8:
+        raise ValueError(f"{len(buf)} bytes, shorter than the 8-byte header length")
+    header_len = int.from_bytes(buf[:8], "little")
+    if header_len > len(buf) - 8:
+        raise ValueError(f"header length {header_len} exceeds the value's {len(buf) - 8} bytes")
+    data = buf[8 + header_len :]
+    layout = _header_layout(bytes(buf[8 : 8 + header_len]))
+    if layout and layout[-1][4] > len(data):
+        raise ValueError(f"the header describes {layout[-1][4]} data bytes, the value has {len(data)}")
+    return {name: np.frombuffer(data[start:end], dtype=dtype).reshape(shape) for name, dtype, shape, start, end in layout}
+
+
+@functools.lru_cache(maxsize=256)
+def _header_layout(header_bytes: bytes) -> tuple[tuple[str, np.dtype, tuple[int, ...], int, int], ...]:
+    """(name, dtype, shape, start, end) per tensor, ordered by end offset.
+
+    Cached: every patch of a dataset has the same header (same names, shapes and offsets), so
+    the JSON is parsed once per distinct header rather than once per read.
+    """
+    try:
+        header = json.loads(header_bytes)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"header is not JSON: {exc}") from exc
+    if not isinstance(header, dict):
+        raise ValueError("header is not a JSON object")
+    layout = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype = np.dtype(_SAFETENSORS_DTYPES[info["dtype"]]).newbyteorder("<")
+            shape = tuple(int(d) for d in info["shape"])
+            start, end = (int(o) for o in info["data_offsets"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"tensor {name!r}: bad header entry {info!r}") from exc
+        if not 0 <= start <= end or end - start != dtype.itemsize * math.prod(shape):
+            raise ValueError(f"tensor {name!r}: offsets {start}..{end} do not fit dtype {info['dtype']} shape {shape}")
+        layout.append((name, dtype, shape, start, end))
+    return tuple(sorted(layout, key=lambda t: t[4]))
+
+
+@dataclass(frozen=True)
+class _BandGroup:
+    """Bands of one LMDB value with the same native size, read and resized together."""
+
+    names: tuple[str, ...]
+    native: int
+    positions: slice | np.ndarray  # where they go in the output (a slice when contiguous)
+    mean: np.ndarray  # (k, 1, 1) float32
+    std: np.ndarray
+
+
+def _band_groups(bands: Sequence[str], names: Sequence[str], native_size: dict[str, int]) -> list[_BandGroup]:
+    groups = []
+    for native in sorted({native_size[b] for b in names}, reverse=True):
+        members = tuple(b for b in names if native_size[b] == native)
+        index = np.array([list(bands).index(b) for b in members])
+        contiguous = bool((np.diff(index) == 1).all())
+        positions = slice(int(index[0]), int(index[-1]) + 1) if contiguous else index
+        mean = np.array([BAND_STATS[b][0] for b in members], dtype=np.float32).reshape(-1, 1, 1)
+        std = np.array([BAND_STATS[b][1] for b in members], dtype=np.float32).reshape(-1, 1, 1)
+        groups.append(_BandGroup(members, native, positions, mean, std))
+    return groups
+
+
+def _repeat_into(dst: np.ndarray, bands: np.ndarray, factor: int) -> None:
+    """Nearest upsampling by an integer ``factor``: ``dst`` (k x S x S) from ``bands`` (k x s x s).
+
+    Rows are repeated with ``np.repeat`` (contiguous row copies); columns by ``factor`` strided
+    assignments, which is about 3x faster than repeating along the last axis element by element.
+    """
+    rows = bands.repeat(factor, axis=1)
+    columns = dst.reshape(dst.shape[0], dst.shape[1], bands.shape[2], factor)
+    for j in range(factor):
+        columns[..., j] = rows
+
+
 _ENVS: dict[tuple[int, str], lmdb.Environment] = {}
+# Bumped by close_lmdb, so that datasets holding a handle fetch a fresh one.
+_CLOSED_COUNT = 0
 
 
 def open_lmdb(path: Path) -> lmdb.Environment:
@@ -171,9 +266,11 @@ def open_lmdb(path: Path) -> lmdb.Environment:
 
 def close_lmdb(path: Path | None = None) -> None:
     """Close this process's cached environment for ``path`` (all of them when None)."""
+    global _CLOSED_COUNT
     target = str(Path(path).resolve()) if path is not None else None
     for key in [k for k in _ENVS if k[0] == os.getpid() and (target is None or k[1] == target)]:
         _ENVS.pop(key).close()
+    _CLOSED_COUNT += 1
 
 
 class ReBENDataset(torch.utils.data.Dataset):
@@ -221,24 +318,26 @@ class ReBENDataset(torch.utils.data.Dataset):
         self.observed: np.ndarray = self.targets.astype(np.float32)
         self._s2_bands = [b for b in self.bands if b in S2_BAND_SIZES]
         self._s1_bands = [b for b in self.bands if b in S1_BANDS]
-        stats = np.array([BAND_STATS[b] for b in self.bands], dtype=np.float32)
-        self._mean = torch.from_numpy(stats[:, 0]).view(-1, 1, 1)
-        self._std = torch.from_numpy(stats[:, 1]).view(-1, 1, 1)
+        native_size = {**S2_BAND_SIZES, **dict.fromkeys(S1_BANDS, PATCH_SIZE)}
+        self._s2_groups = _band_groups(self.bands, self._s2_bands, native_size)
+        self._s1_groups = _band_groups(self.bands, self._s1_bands, native_size)
+        self._env_handle: lmdb.Environment | None = None
+        self._env_owner: tuple[int, int] | None = None
 
     # -- LMDB access -------------------------------------------------------------------------
-    def _txn_get(self, key: str) -> bytes:
-        env = open_lmdb(self.lmdb_path)
-        with env.begin(buffers=False) as txn:
-            value = txn.get(key.encode("utf-8"))
+    def _decode(self, key: str) -> dict[str, np.ndarray]:
+        """Every array of one value, as copies (for callers that keep them)."""
+        with self._env().begin(buffers=True) as txn:
+            return {name: arr.copy() for name, arr in self._decode_views(txn, key).items()}
+
+    def _decode_views(self, txn: lmdb.Transaction, key: str) -> dict[str, np.ndarray]:
+        """The arrays of one value as read-only views into the LMDB page (valid while ``txn`` is open)."""
+        value = txn.get(key.encode("utf-8"))
         if value is None:
             raise KeyError(f"{self.lmdb_path}: key {key!r} not found in the LMDB")
-        return value
-
-    def _decode(self, key: str) -> dict[str, np.ndarray]:
-        value = self._txn_get(key)
         try:
-            return safetensors.numpy.load(bytes(value))
-        except Exception as exc:  # safetensors raises several types for corrupt bytes
+            return safetensors_views(value)
+        except ValueError as exc:
             raise DataFormatError(
                 f"{self.lmdb_path}: value of key {key!r} is not a valid safetensors dict ({exc})"
             ) from exc
@@ -257,29 +356,54 @@ class ReBENDataset(torch.utils.data.Dataset):
             raise DataFormatError(f"{self.lmdb_path}: reference map {key!r} has shape {data.shape}")
         return data
 
-    def read_bands(self, i: int) -> torch.Tensor:
-        """Decode, upsample and stack the selected bands of patch ``i`` (C x S x S, raw units)."""
+    def read_bands(self, i: int, normalize: bool = False) -> torch.Tensor:
+        """Decode, upsample and stack the selected bands of patch ``i`` (C x S x S float32).
+
+        Raw units, or normalised with the official statistics when ``normalize``. Bands are read
+        as views of the LMDB page (no copy of the value) and handled per native size: stacked,
+        normalised at their native resolution, before resizing (nearest, bilinear and area
+        resizing average with weights that sum to 1, so they commute with the per-band affine
+        normalisation, and a 60 x 60 band costs a quarter of the arithmetic), then resized:
+        integer-factor nearest upsampling is a ``repeat``, any other resize one ``interpolate``.
+        """
         rec = self.records[i]
-        per_band: dict[str, np.ndarray] = {}
-        if self._s2_bands:
-            per_band.update(self._checked(rec.patch_id, self._decode(rec.patch_id), self._s2_bands, np.uint16))
-        if self._s1_bands:
-            per_band.update(self._checked(rec.s1_name, self._decode(rec.s1_name), self._s1_bands, np.float32))
-        # Upsample bands of equal native size together: one interpolate call per resolution.
-        by_size: dict[int, list[str]] = {}
-        for b in self.bands:
-            by_size.setdefault(per_band[b].shape[0], []).append(b)
-        out = torch.empty((len(self.bands), self.image_size, self.image_size), dtype=torch.float32)
-        position = {b: k for k, b in enumerate(self.bands)}
-        for size, names in by_size.items():
-            stack = torch.from_numpy(np.stack([per_band[b].astype(np.float32) for b in names]))
-            if size != self.image_size:
-                mode = self.upsampling if size < self.image_size else "area"
-                kwargs = {"align_corners": False} if mode == "bilinear" else {}
-                stack = F.interpolate(stack[None], size=(self.image_size,) * 2, mode=mode, **kwargs)[0]
-            for k, b in enumerate(names):
-                out[position[b]] = stack[k]
-        return out
+        size = self.image_size
+        out = np.empty((len(self.bands), size, size), dtype=np.float32)
+        with self._env().begin(buffers=True) as txn:
+            for key, dtype, groups in ((rec.patch_id, np.uint16, self._s2_groups), (rec.s1_name, np.float32, self._s1_groups)):
+                if not groups:
+                    continue
+                arrays = self._checked(key, self._decode_views(txn, key), [b for g in groups for b in g.names], dtype)
+                for g in groups:
+                    stack = np.stack([arrays[b] for b in g.names])
+                    direct = isinstance(g.positions, slice)
+                    dst = out[g.positions] if direct else np.empty((len(g.names), size, size), np.float32)
+                    if normalize:
+                        if g.native == size:  # cast, shift and scale straight into the output
+                            stack = np.subtract(stack, g.mean, out=dst, dtype=np.float32, casting="unsafe")
+                        else:
+                            stack = np.subtract(stack, g.mean, dtype=np.float32)
+                        stack /= g.std
+                    if g.native == size:
+                        if stack is not dst:
+                            dst[...] = stack
+                    elif self.upsampling == "nearest" and size % g.native == 0:
+                        _repeat_into(dst, stack, size // g.native)
+                    else:
+                        mode = self.upsampling if g.native < size else "area"
+                        kwargs = {"align_corners": False} if mode == "bilinear" else {}
+                        x = torch.from_numpy(stack.astype(np.float32, copy=False))[None]
+                        dst[...] = F.interpolate(x, size=(size, size), mode=mode, **kwargs)[0].numpy()
+                    if not direct:
+                        out[g.positions] = dst
+        return torch.from_numpy(out)
+
+    def _env(self) -> lmdb.Environment:
+        # open_lmdb resolves the path on every call; remember this process's handle instead.
+        owner = (os.getpid(), _CLOSED_COUNT)
+        if self._env_owner != owner or self._env_handle is None:
+            self._env_handle, self._env_owner = open_lmdb(self.lmdb_path), owner
+        return self._env_handle
 
     def _checked(
         self, key: str, arrays: dict[str, np.ndarray], bands: list[str], dtype: type
@@ -309,9 +433,7 @@ class ReBENDataset(torch.utils.data.Dataset):
     def __getitem__(self, key: int | tuple[int, int, bool]) -> dict[str, Any]:
         # The sampler yields (index, augmentation seed, padded); plain indices also work.
         i, aug_seed, padded = key if isinstance(key, tuple) else (key, None, False)
-        image = self.read_bands(i)
-        if self.normalize:
-            image = (image - self._mean) / self._std
+        image = self.read_bands(i, normalize=self.normalize)
         item: dict[str, Any] = {
             "image": image,
             "target": torch.from_numpy(self.targets[i].astype(np.float32)),
