@@ -86,16 +86,25 @@ def test_cfg_job_introspection(tmp_path):
     assert "FullLabelLoss" in proc.stdout and "FullLabels" in proc.stdout
 
 
-def test_wandb_offline_run_needs_no_network(tmp_path):
+def test_wandb_offline_run_needs_no_network_and_gets_the_label_quality_plot(tmp_path):
     run_dir = tmp_path / "run"
+    # LL-Ct corrects labels from the second epoch on, so it logs label-quality diagnostics.
     _run(
-        "splml.train", *TINY, "trainer.max_epochs=1", "logger=wandb", f"paths.cache_dir={tmp_path / 'cache'}",
-        f"hydra.run.dir={run_dir}", cwd=tmp_path,
+        "splml.train", *TINY, "trainer.max_epochs=2", "loss=ll_ct", "logger=wandb",
+        f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run_dir}", cwd=tmp_path,
     )  # fmt: skip
     assert (run_dir / "results.json").is_file()
     offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline_runs) == 1, list((run_dir / "wandb").iterdir())
     assert list(offline_runs[0].glob("*.wandb")), "the offline run holds its W&B event file"
+    assert (run_dir / "label_quality.png").stat().st_size > 0
+    images = list(offline_runs[0].rglob("label_quality_*.png"))
+    assert images, "the label-quality figure is logged to the W&B run"
+
+
+def test_label_quality_plot_is_skipped_for_methods_without_extra_positives(trained_run):
+    # loss=an adds no positives: no figure rather than an empty one.
+    assert not (trained_run / "label_quality.png").exists()
 
 
 def test_multirun_records_a_failed_job_and_goes_on(tmp_path):

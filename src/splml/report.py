@@ -335,19 +335,43 @@ def write_plots(groups: dict[tuple[str, ...], RunGroup], metric: str, out: Path)
             if any(epochs for epochs, _ in pair):
                 quality.append((group, pair))
         if quality:
-            fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
-            for group, pair in quality:
-                for ax, (epochs, values) in zip(axes, pair):
-                    if epochs:
-                        ax.plot(epochs, values, marker=".", label=label(group))
-            for ax, kind in zip(axes, ("precision", "recall")):
-                ax.set_xlabel("epoch")
-                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-                ax.set_ylabel(f"extra-positive {kind} (%)")
-                ax.legend(fontsize=7)
-            fig.suptitle(f"{title}: quality of the labels added to the observed ones")
+            fig = plot_label_quality(
+                [(label(group), pair) for group, pair in quality],
+                f"{title}: quality of the labels added to the observed ones",
+            )
             save(fig, f"label_quality_{suffix}.png")
     return written
+
+
+LabelQualitySeries = tuple[str, Sequence[tuple[Sequence[int], Sequence[float]]]]
+
+
+def plot_label_quality(series: Sequence[LabelQualitySeries], title: str, kinds: Sequence[str] = ("precision", "recall")) -> Any:
+    """One panel per kind (extra-positive precision, recall, ...), one line per labelled series.
+
+    ``series`` holds (label, [(epochs, values) per kind]); used by the report (a line per method)
+    and by the training-time ``LabelQualityPlot`` callback (one run).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5 * len(kinds), 4), sharex=True, squeeze=False)
+    for name, curves in series:
+        for ax, (epochs, values) in zip(axes[0], curves, strict=False):
+            if len(epochs):
+                ax.plot(epochs, values, marker=".", label=name)
+    for ax, kind in zip(axes[0], kinds, strict=True):
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(kind if "(" in kind else f"extra-positive {kind} (%)")
+        if ax.lines:
+            ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
 
 
 def write_csv(groups: dict[tuple[str, ...], RunGroup], metrics: Sequence[str], path: Path) -> None:

@@ -1,0 +1,78 @@
+"""Label-quality curves of a run, as a PNG next to it and an image in W&B.
+
+Methods that add positives beyond the annotated label (expected positives, LL corrections,
+pseudo-labels) log, per epoch, the precision and recall of those positives against the hidden
+full labels and the number of false negatives the loss still penalises (``diag/*``; see
+:class:`splml.module.SPMLModule`). This callback turns those per-epoch values into one figure.
+
+It reads them back from the run's CSV log rather than keeping its own copy: that log survives a
+resume with every earlier row (``ResumableCSVLogger``), so the figure of a resumed run is the
+figure of the whole run. Methods that log none of the columns get no figure.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.loggers import CSVLogger
+
+#: (column, panel label) of the figure, in panel order.
+DEFAULT_PANELS: tuple[tuple[str, str], ...] = (
+    ("diag/extra_positive_precision", "precision"),
+    ("diag/extra_positive_recall", "recall"),
+    ("diag/false_negatives_penalised", "false negatives penalised (count)"),
+)
+
+
+class LabelQualityPlot(L.Callback):
+    """Writes ``label_quality.png`` in the run folder (and logs it to W&B) every epoch and at the end."""
+
+    def __init__(self, panels: Sequence[Sequence[str]] = DEFAULT_PANELS, filename: str = "label_quality.png") -> None:
+        self.panels = [(str(column), str(label)) for column, label in panels]
+        self.filename = filename
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch > 0:
+            self.plot(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.plot(trainer)
+
+    def plot(self, trainer: L.Trainer) -> Path | None:
+        """Draw the curves logged so far; returns the PNG written (None when there is nothing to draw)."""
+        if not trainer.is_global_zero:
+            return None
+        csv_logger = next((lg for lg in trainer.loggers if isinstance(lg, CSVLogger)), None)
+        if csv_logger is None:
+            return None
+        csv_logger.save()  # rows of the epoch just finished may still be buffered
+        from splml.report import plot_label_quality, read_epoch_metrics
+
+        values = read_epoch_metrics(Path(csv_logger.save_dir), [c for c, _ in self.panels])
+        curves = []
+        for column, _ in self.panels:
+            points = sorted((e, v) for e, v in values[column].items() if math.isfinite(v))
+            curves.append(([e for e, _ in points], [v for _, v in points]))
+        if not any(epochs for epochs, _ in curves):
+            return None
+        import matplotlib.pyplot as plt
+
+        method = getattr(getattr(trainer, "lightning_module", None), "loss", None)
+        name = getattr(method, "name", "run")
+        fig = plot_label_quality([(name, curves)], f"{name}: labels beyond the annotated one, against the full labels",
+                                 kinds=[label for _, label in self.panels])  # fmt: skip
+        out = Path(trainer.default_root_dir) / self.filename
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=100)
+        plt.close(fig)
+        self._log_image(trainer, out)
+        return out
+
+    @staticmethod
+    def _log_image(trainer: L.Trainer, path: Path) -> None:
+        for logger in trainer.loggers:
+            if type(logger).__name__ == "WandbLogger" and hasattr(logger, "log_image"):
+                logger.log_image(key="label_quality", images=[str(path)], step=trainer.global_step)
