@@ -289,6 +289,24 @@ def test_dual_ema_store_updates_and_checkpoint_round_trip():
     assert module.logged["diag/pseudo_label_recall"] == 50.0
 
 
+def test_teacher_every_k_predicts_each_sample_once_every_k_epochs():
+    module = FakeModule()
+    store = DualEMAStore(4, 3, teacher_every=2)
+    store.setup(fake_trainer(), module, "fit")
+    calls = []
+    predict = store.predict
+    store.predict = lambda trainer, pl_module, images: calls.append(images.shape[0]) or predict(trainer, pl_module, images)
+    for epoch in range(4):
+        store.on_train_batch_end(fake_trainer(epoch=epoch, step=epoch + 1), module, {}, batch_of([0, 1, 2, 3]), 0)
+        # (index + epoch) % 2 == 0: samples 0 and 2 in even epochs, 1 and 3 in odd ones.
+        expected = [0, 2] if epoch % 2 == 0 else [1, 3]
+        assert torch.nonzero(store.tensors["latest_epoch"] == epoch).flatten().tolist() == expected
+    assert calls == [2, 2, 2, 2], "the teacher forward runs on half of each batch"
+    assert store.coverage().tolist() == [2, 2, 2, 2]
+    with pytest.raises(ValueError, match="teacher_every"):
+        DualEMAStore(4, 3, teacher_every=0)
+
+
 def test_single_ema_ablation_uses_the_student_in_eval_mode():
     module = FakeModule()
     store = DualEMAStore(4, 3, dual_ema=False)

@@ -269,6 +269,11 @@ class DualEMAStore(StoreCallback):
     warm-up too: the stage switch's indicator is computed from its predictions, and the store is
     warm when GC starts.
 
+    ``teacher_every = k > 1`` (a cost option, not part of the method): each sample is predicted
+    in one epoch out of k (those with ``(index + epoch) % k == 0``), so the teacher forward costs
+    1/k of a full one; the temporal EMA then moves once per sample every k epochs and the
+    indicator of an epoch is computed on the N/k samples predicted in it.
+
     ``dual_ema=False`` (ablation "single EMA"): no teacher; the same eval-mode, no-grad forward
     is made with the student's current weights, so the only difference is the weight EMA.
 
@@ -293,8 +298,12 @@ class DualEMAStore(StoreCallback):
         teacher_momentum: float = 0.999,
         teacher_ramp: bool = True,
         temporal_momentum: float = 0.7,
+        teacher_every: int = 1,
     ) -> None:
         super().__init__(num_samples, num_classes)
+        if int(teacher_every) < 1:
+            raise ValueError(f"teacher_every must be >= 1 (1 = every sample every epoch), got {teacher_every}")
+        self.teacher_every = int(teacher_every)
         if not 0 <= teacher_momentum < 1:
             raise ValueError(f"teacher momentum must be in [0, 1), got {teacher_momentum}")
         if not 0 <= temporal_momentum < 1:
@@ -351,7 +360,16 @@ class DualEMAStore(StoreCallback):
             broadcast_buffers_(self.teacher)
             self.meta["teacher_step"] = step
         images = batch.get("clean_image", batch["image"])
-        idx, probs = self.gather_updates(batch, self.predict(trainer, pl_module, images))
+        if self.teacher_every > 1:
+            # Each sample is predicted in one epoch out of teacher_every: (index + epoch) % k == 0.
+            local = self.batch_indices(batch)
+            chosen = torch.nonzero((local + int(trainer.current_epoch)) % self.teacher_every == 0).flatten()
+            padded = batch.get("padded")
+            padded = torch.zeros_like(local, dtype=torch.bool) if padded is None else torch.as_tensor(padded).bool()
+            batch = {"index": local[chosen], "padded": padded.to(local.device)[chosen]}
+            images = images[chosen.to(images.device)]
+        predicted = self.predict(trainer, pl_module, images) if images.shape[0] else images.new_zeros(0, self.num_classes)
+        idx, probs = self.gather_updates(batch, predicted)
         first = (self.coverage()[idx] == 1).unsqueeze(1)  # gather_updates has just counted this one
         pseudo = self.tensors["pseudo"]
         mu = self.temporal_momentum

@@ -149,6 +149,7 @@ class AdaGCLoss(SPMLLoss):
         teacher_momentum: float = 0.999,
         teacher_ramp: bool = True,
         temporal_momentum: float = 0.7,
+        teacher_every: int = 1,
         mixup: bool = True,
         mixup_alpha: float = 1.0,
         gc_weight: float = 1.0,
@@ -174,6 +175,9 @@ class AdaGCLoss(SPMLLoss):
         self.dual_ema = bool(dual_ema)
         self.teacher_momentum, self.teacher_ramp = float(teacher_momentum), bool(teacher_ramp)
         self.temporal_momentum = float(temporal_momentum)
+        if int(teacher_every) < 1:
+            raise ValueError(f"teacher_every must be >= 1, got {teacher_every}")
+        self.teacher_every = int(teacher_every)
         self.mixup, self.mixup_alpha = bool(mixup), float(mixup_alpha)
         self.gc_weight = float(gc_weight)
         self.threshold = None if threshold is None else float(threshold)
@@ -190,7 +194,7 @@ class AdaGCLoss(SPMLLoss):
 
         store = DualEMAStore(
             num_samples, num_classes, dual_ema=self.dual_ema, teacher_momentum=self.teacher_momentum,
-            teacher_ramp=self.teacher_ramp, temporal_momentum=self.temporal_momentum,
+            teacher_ramp=self.teacher_ramp, temporal_momentum=self.temporal_momentum, teacher_every=self.teacher_every,
         )  # fmt: skip
         switch = EarlyLearningStageSwitch(
             store, trigger=self.trigger, fixed_epoch=self.fixed_epoch, min_warmup=self.min_warmup,
