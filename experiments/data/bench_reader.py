@@ -80,7 +80,12 @@ class BaselineReader:
 
         from splml.data.reben_format import BAND_STATS
 
-        self.records, self.bands, self.size, self.mode = dataset.records, dataset.bands, dataset.image_size, dataset.upsampling
+        self.records, self.bands, self.size, self.mode = (
+            dataset.records,
+            dataset.bands,
+            dataset.image_size,
+            dataset.upsampling,
+        )
         self.lmdb_path = dataset.lmdb_path
         self.mean = torch.tensor([BAND_STATS[b][0] for b in self.bands]).view(-1, 1, 1)
         self.std = torch.tensor([BAND_STATS[b][1] for b in self.bands]).view(-1, 1, 1)
@@ -168,7 +173,10 @@ def main() -> None:
         order = list(readers) if r % 2 == 0 else list(reversed(readers))
         for name in order:
             samples[name].append(time_reader(readers[name], indices))
-            print(f"round {r + 1}/{args.rounds} {name}: {len(indices) / samples[name][-1][1]:.0f} patches/s CPU", flush=True)
+            print(
+                f"round {r + 1}/{args.rounds} {name}: {len(indices) / samples[name][-1][1]:.0f} patches/s CPU",
+                flush=True,
+            )
 
     per = min(args.per_round, n)
     rows = {}
@@ -182,36 +190,48 @@ def main() -> None:
     load = os.getloadavg()[0]
     channels = len(ds.bands)
     text = [
-        f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} CPU cores ({platform.machine()}), "
-        f"torch {torch.__version__}, {args.threads} torch thread(s), load average {load:.1f} at the end "
-        "(the cores are shared with other jobs: CPU time is the verdict, wall time is shown beside it).",
+        (
+            f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} CPU cores ({platform.machine()}), "
+            f"torch {torch.__version__}, {args.threads} torch thread(s), load average {load:.1f} at the end "
+            "(the cores are shared with other jobs: CPU time is the verdict, wall time is shown beside it)."
+        ),
         "",
-        f"Command: `python experiments/data/bench_reader.py --patches {args.patches} --image-size {args.image_size} "
-        f"--upsampling {args.upsampling} --rounds {args.rounds} --per-round {args.per_round}` "
-        f"(wall time {(time.time() - started) / 60:.1f} min; LMDB build {build_s:.0f} s, one warm-up pass over all "
-        f"{n:,} patches {warm_s:.0f} s).",
+        (
+            f"Command: `python experiments/data/bench_reader.py --patches {args.patches} --image-size {args.image_size} "
+            f"--upsampling {args.upsampling} --rounds {args.rounds} --per-round {args.per_round}` "
+            f"(wall time {(time.time() - started) / 60:.1f} min; LMDB build {build_s:.0f} s, one warm-up pass over all "
+            f"{n:,} patches {warm_s:.0f} s)."
+        ),
         "",
-        f"LMDB: {n:,} patches, {lmdb_bytes / 1e9:.2f} GB (`data.mdb`), {channels} bands (`all`) to "
-        f"{args.image_size} x {args.image_size}, upsampling `{args.upsampling}`, normalised; "
-        f"{args.rounds} rounds x {per:,} random patches per reader, medians.",
+        (
+            f"LMDB: {n:,} patches, {lmdb_bytes / 1e9:.2f} GB (`data.mdb`), {channels} bands (`all`) to "
+            f"{args.image_size} x {args.image_size}, upsampling `{args.upsampling}`, normalised; "
+            f"{args.rounds} rounds x {per:,} random patches per reader, medians."
+        ),
         "",
         "| reader | CPU ms / patch | patches/s (CPU) | wall ms / patch | patches/s (wall) |",
         "|---|---:|---:|---:|---:|",
     ]
     for name, r in rows.items():
-        text.append(f"| {name} | {r['cpu_ms']:.3f} | {r['cpu_rate']:,.0f} | {r['wall_ms']:.3f} | {r['wall_rate']:,.0f} |")
+        text.append(
+            f"| {name} | {r['cpu_ms']:.3f} | {r['cpu_rate']:,.0f} | {r['wall_ms']:.3f} | {r['wall_rate']:,.0f} |"
+        )
     verdict = "PASS" if ratio_cpu >= 2 else "FAIL"
     text += [
         "",
-        f"Speed-up over the baseline: **x{ratio_cpu:.2f} on CPU time** (per round: "
-        f"{', '.join(f'x{x:.2f}' for x in per_round_ratios)}), x{ratio_wall:.2f} on wall time. "
-        f"Target x2: **{verdict}**.",
+        (
+            f"Speed-up over the baseline: **x{ratio_cpu:.2f} on CPU time** (per round: "
+            f"{', '.join(f'x{x:.2f}' for x in per_round_ratios)}), x{ratio_wall:.2f} on wall time. "
+            f"Target x2: **{verdict}**."
+        ),
     ]
     rate = rows["splml"]["cpu_rate"]
     text += [
         "",
-        f"Feeding a GPU: 8 workers at {rate:,.0f} patches/s each give about {8 * rate:,.0f} patches/s of decoded, "
-        "upsampled, normalised input (one core per worker). See the arithmetic below for what a ResNet-50 at 120 px needs.",
+        (
+            f"Feeding a GPU: 8 workers at {rate:,.0f} patches/s each give about {8 * rate:,.0f} patches/s of decoded, "
+            "upsampled, normalised input (one core per worker). See the arithmetic below for what a ResNet-50 at 120 px needs."
+        ),
     ]
     result = {"patches": n, "image_size": args.image_size, "upsampling": args.upsampling, "rows": rows,
               "speedup_cpu": ratio_cpu, "speedup_wall": ratio_wall, "per_round": per_round_ratios}  # fmt: skip
@@ -222,7 +242,7 @@ def main() -> None:
         body = readme.read_text()
         block = f"{BEGIN}\n" + "\n".join(text) + f"\n{END}"
         if BEGIN in body:
-            body = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, body, flags=re.S)
+            body = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, body, flags=re.DOTALL)
         else:
             body = body.rstrip() + "\n\n## reBEN reader throughput\n\n" + block + "\n"
         readme.write_text(body)

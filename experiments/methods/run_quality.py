@@ -72,7 +72,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--losses", nargs="*", default=ALL_LOSSES, help="losses of the methods sweep (none: skip it)")
     parser.add_argument(
-        "--adagc-variants", nargs="*", default=ADAGC_VARIANTS, help="ablation=... values of the AdaGC sweep (none: skip it)"
+        "--adagc-variants",
+        nargs="*",
+        default=ADAGC_VARIANTS,
+        help="ablation=... values of the AdaGC sweep (none: skip it)",
     )
     parser.add_argument("--labels", nargs="+", default=["random", "dominant"])
     parser.add_argument("--jobs", type=int, default=1, help="trainings at once (joblib launcher)")

@@ -34,6 +34,7 @@ from PIL import Image
 from splml.data.datamodule import SplitDataModule
 from splml.data.labels import DominantSinglePositive, LabelSource, RandomSinglePositive, save_observed
 from splml.data.reben import DataFormatError
+from splml.data.sampler import sample_item
 from splml.data.transforms import RecordedSpatialAugment
 
 log = logging.getLogger(__name__)
@@ -252,18 +253,8 @@ class MultiLabelImageDataset(torch.utils.data.Dataset):
         return read_rgb(self.image_paths[i])
 
     def __getitem__(self, key: int | tuple[int, int, bool]) -> dict[str, Any]:
-        i, aug_seed, padded = key if isinstance(key, tuple) else (key, None, False)
-        item: dict[str, Any] = {
-            "image": self.read_image(i),
-            "target": torch.from_numpy(self.targets[i].astype(np.float32)),
-            "observed": torch.from_numpy(self.observed[i]),
-            "index": i,
-            "padded": padded,
-        }
-        if self.transform is not None:
-            generator = torch.Generator().manual_seed(aug_seed) if aug_seed is not None else None
-            item = self.transform(item, generator=generator)
-        else:
+        item = sample_item(key, self.read_image, self.targets, self.observed, self.transform)
+        if self.transform is None:
             item["image"] = np.array(render_view(item["image"], self.image_size, None, self.resample), dtype=np.uint8)
         pixels = torch.from_numpy(item["image"]).permute(2, 0, 1).float().div_(255.0)
         item["image"] = ((pixels - self._mean) / self._std).contiguous()

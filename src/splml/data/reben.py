@@ -39,6 +39,7 @@ from splml.data.reben_format import (
     class_indices,
     resolve_band_set,
 )
+from splml.data.sampler import sample_item
 
 
 class DataFormatError(ValueError):
@@ -183,7 +184,7 @@ def _header_layout(header_bytes: bytes) -> tuple[tuple[str, np.dtype, tuple[int,
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"header is not JSON: {exc}") from exc
     if not isinstance(header, dict):
-        raise ValueError("header is not a JSON object")
+        raise ValueError("header is not a JSON object")  # noqa: TRY004 -- callers catch ValueError for any malformed value
     layout = []
     for name, info in header.items():
         if name == "__metadata__":
@@ -432,19 +433,9 @@ class ReBENDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, key: int | tuple[int, int, bool]) -> dict[str, Any]:
         # The sampler yields (index, augmentation seed, padded); plain indices also work.
-        i, aug_seed, padded = key if isinstance(key, tuple) else (key, None, False)
-        image = self.read_bands(i, normalize=self.normalize)
-        item: dict[str, Any] = {
-            "image": image,
-            "target": torch.from_numpy(self.targets[i].astype(np.float32)),
-            "observed": torch.from_numpy(self.observed[i]),
-            "index": i,
-            "padded": padded,
-        }
-        if self.transform is not None:
-            generator = torch.Generator().manual_seed(aug_seed) if aug_seed is not None else None
-            item = self.transform(item, generator=generator)
-        return item
+        return sample_item(
+            key, lambda i: self.read_bands(i, normalize=self.normalize), self.targets, self.observed, self.transform
+        )
 
     @property
     def class_names(self) -> tuple[str, ...]:

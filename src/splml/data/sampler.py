@@ -11,7 +11,8 @@ Under DDP each rank takes every ``world_size``-th element of the padded permutat
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,6 +25,33 @@ def item_seed(seed: int, epoch: int, index: int) -> int:
                .dot(np.array([1 << 31, 1], dtype=np.uint64)))  # fmt: skip
 
 
+def sample_item(
+    key: int | tuple[int, int, bool],
+    read_image: Callable[[int], Any],
+    targets: np.ndarray,
+    observed: np.ndarray,
+    transform: Callable[..., dict[str, Any]] | None,
+) -> dict[str, Any]:
+    """One sample in the batch contract, for a key from :class:`EpochSeededSampler` (or a plain index).
+
+    ``image`` (as ``read_image`` returns it), ``target`` (full labels), ``observed``, ``index``
+    and ``padded``; then ``transform(item, generator=...)`` with the generator seeded from the
+    key's augmentation seed, so the draws depend on (seed, epoch, index) only.
+    """
+    i, aug_seed, padded = key if isinstance(key, tuple) else (key, None, False)
+    item: dict[str, Any] = {
+        "image": read_image(i),
+        "target": torch.from_numpy(targets[i].astype(np.float32)),
+        "observed": torch.from_numpy(observed[i]),
+        "index": i,
+        "padded": padded,
+    }
+    if transform is not None:
+        generator = torch.Generator().manual_seed(aug_seed) if aug_seed is not None else None
+        item = transform(item, generator=generator)
+    return item
+
+
 class EpochSeededSampler(Sampler[tuple[int, int, bool]]):
     """Yields ``(index, augmentation seed, padded)``; shuffled per epoch; split across ranks.
 
@@ -31,9 +59,7 @@ class EpochSeededSampler(Sampler[tuple[int, int, bool]]):
     skip them so that every sample updates a store exactly once per epoch.
     """
 
-    def __init__(
-        self, num_samples: int, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1
-    ) -> None:
+    def __init__(self, num_samples: int, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
         self.n = int(num_samples)
