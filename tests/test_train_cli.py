@@ -117,6 +117,9 @@ def test_multirun_records_a_failed_job_and_goes_on(tmp_path):
     assert failed["status"] == "failed" and "unknown band set 'bogus'" in failed["error"]
     done = json.loads((sweep / "1" / "results.json").read_text())
     assert done["status"] == "completed" and done["test/mAP_macro"] > 0
+    # The sweep ends with a summary naming the failed job and its error.
+    summary = (sweep / "sweep_summary.md").read_text()
+    assert "1 completed, 1 failed" in summary and "- failed: 0: " in summary and "bogus" in summary
 
     # Re-running the sweep with skip_completed only re-runs what did not complete.
     stamp = (sweep / "1" / "results.json").stat().st_mtime_ns
