@@ -46,3 +46,21 @@ class StopAfterEpochs:
                     trainer.should_stop = True
 
         return _Stop()
+
+
+def run_train_cli(cwd: Path, *overrides: str, timeout: int = 900) -> None:
+    """``python -m splml.train <overrides>`` in a subprocess; fails the test with its stderr if it fails."""
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "splml.train", *overrides],
+        cwd=cwd,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-5000:]

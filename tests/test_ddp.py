@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
+
+from .helpers import run_train_cli
 
 # Tolerance in test macro mAP points (measured here: single 44.8, DDP 47.2). On this tiny setting the two runs differ only by what DDP
 # changes (batch-norm statistics per rank of 8 instead of per batch of 16, the summation order of
@@ -15,22 +14,12 @@ TOLERANCE = 4.0
 
 def _run(tmp_path, name: str, *overrides: str) -> dict:
     run_dir = tmp_path / name
-    cmd = [
-        sys.executable, "-m", "splml.train", "loss=an", "backbone=resnet10t", "trainer.max_epochs=3",
+    run_train_cli(
+        tmp_path, "loss=an", "backbone=resnet10t", "trainer.max_epochs=3",
         "dataset.datamodule.synthetic.n_train=192", "dataset.datamodule.synthetic.n_validation=64",
         "dataset.datamodule.synthetic.n_test=64", "dataset.datamodule.image_size=48",
         f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run_dir}", *overrides,
-    ]  # fmt: skip
-    proc = subprocess.run(
-        cmd,
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-5000:]
+    )  # fmt: skip
     return json.loads((run_dir / "results.json").read_text())
 
 

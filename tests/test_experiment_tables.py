@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 from hydra import compose, initialize_config_dir
 
 from splml.builders import config_dir, register_resolvers
+
+from .helpers import run_train_cli
 
 # Method rows of the published tables (shared/specs/reference-results.md), as loss names.
 PUBLISHED = {
@@ -78,21 +77,12 @@ def test_adagc_settings_sweep_adagc_and_its_comparison_methods(setting):
 def test_command_line_narrows_a_table_sweep(tmp_path):
     # The table lists 9 methods x 3 seeds; the command line replaces the lists it names.
     sweep = tmp_path / "sweep"
-    cmd = [
-        sys.executable, "-m", "splml.train", "-m", "experiment=table_large_loss_synthetic", "loss=an,ll_r", "seed=1",
+    run_train_cli(
+        tmp_path, "-m", "experiment=table_large_loss_synthetic", "loss=an,ll_r", "seed=1",
         "trainer.max_epochs=1", "dataset.datamodule.synthetic.n_train=48", "dataset.datamodule.synthetic.n_validation=24",
         "dataset.datamodule.synthetic.n_test=24", f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}",
-    ]  # fmt: skip
-    proc = subprocess.run(
-        cmd,
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        capture_output=True,
-        text=True,
         timeout=600,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    )  # fmt: skip
     results = [json.loads(p.read_text()) for p in sweep.rglob("results.json")]
     assert sorted(r["choices"]["loss"] for r in results) == ["an", "ll_r"]
     assert all(r["status"] == "completed" and r["choices"]["labels"] == "random" for r in results)
