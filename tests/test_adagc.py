@@ -295,7 +295,9 @@ def test_teacher_every_k_predicts_each_sample_once_every_k_epochs():
     store.setup(fake_trainer(), module, "fit")
     calls = []
     predict = store.predict
-    store.predict = lambda trainer, pl_module, images: calls.append(images.shape[0]) or predict(trainer, pl_module, images)
+    store.predict = lambda trainer, pl_module, images: (
+        calls.append(images.shape[0]) or predict(trainer, pl_module, images)
+    )
     for epoch in range(4):
         store.on_train_batch_end(fake_trainer(epoch=epoch, step=epoch + 1), module, {}, batch_of([0, 1, 2, 3]), 0)
         # (index + epoch) % 2 == 0: samples 0 and 2 in even epochs, 1 and 3 in odd ones.
@@ -394,7 +396,11 @@ def test_experiment_presets_compose(experiment):
 
 @pytest.mark.parametrize(
     ("ablation", "switch"),
-    [("adagc_fixed_trigger", ("trigger", "fixed")), ("adagc_single_ema", ("dual_ema", False)), ("adagc_no_mixup", ("mixup", False))],
+    [
+        ("adagc_fixed_trigger", ("trigger", "fixed")),
+        ("adagc_single_ema", ("dual_ema", False)),
+        ("adagc_no_mixup", ("mixup", False)),
+    ],
 )
 def test_ablation_variants_switch_one_component_each(ablation, switch):
     full = compose("experiment=adagc_ablation").loss

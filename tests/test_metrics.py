@@ -56,9 +56,7 @@ def test_ap_chunked_path_and_torch_input_agree(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(M, "_AP_CHUNK_ELEMENTS", 60)  # forces chunks of one class
     np.testing.assert_allclose(average_precision_per_class(scores, targets), expected, atol=1e-12)
     from_torch = average_precision_per_class(torch.from_numpy(scores).float(), torch.from_numpy(targets).bool())
-    np.testing.assert_allclose(
-        from_torch, _sklearn_per_class(scores.astype(np.float32), targets), atol=1e-12
-    )
+    np.testing.assert_allclose(from_torch, _sklearn_per_class(scores.astype(np.float32), targets), atol=1e-12)
 
 
 def test_class_without_positives_is_nan_and_excluded() -> None:
@@ -182,9 +180,7 @@ def test_mAP_split_by_label_count() -> None:
     scores2[1, 0] = 0.95  # negative of c0 now above the positive at 0.9
     out2 = compute_metrics(scores2[:4], targets[:4])
     sub = [0, 1]
-    expected = np.nanmean(
-        [average_precision_score(targets[sub, j], scores2[sub, j]) for j in range(2)]
-    )
+    expected = np.nanmean([average_precision_score(targets[sub, j], scores2[sub, j]) for j in range(2)])
     assert out2["mAP_macro_k1"] == pytest.approx(100 * expected)
     assert math.isnan(out2["mAP_macro_k3"])
     assert out2["num_samples_k3"] == 0

@@ -39,7 +39,7 @@ def test_backbone_any_band_count_and_local_weights(tmp_path):
     model = create_backbone("resnet10t", in_chans=12, weights_path=weights)
     # Layers after the stem come unchanged from the file; the stem is adapted to 12 bands.
     torch.testing.assert_close(model.layer1[0].conv1.weight, source.layer1[0].conv1.weight)
-    first = [k for k in model.state_dict() if k.endswith("weight")][0]
+    first = next(k for k in model.state_dict() if k.endswith("weight"))
     assert model.state_dict()[first].shape[1] == 12
     out = SPMLModel(model, SpatialLinearHead(model.num_features, 19))(torch.randn(2, 12, 64, 64))
     assert out["logits"].shape == (2, 19)

@@ -11,7 +11,13 @@ from splml.report import main
 
 
 def _write(
-    root: Path, name: str, loss: str, seed: int, mAP: float | None, status: str = "completed", ablation: str | None = None
+    root: Path,
+    name: str,
+    loss: str,
+    seed: int,
+    mAP: float | None,
+    status: str = "completed",
+    ablation: str | None = None,
 ) -> None:
     run = root / name
     run.mkdir(parents=True)

@@ -75,7 +75,9 @@ def test_duplicate_and_padded_rows_update_once():
     trainer, module = fake_trainer(OBS), FakeModule()
     store.setup(trainer, module, "fit")
     batch = batch_of([1, 1, 3], padded=[False, False, True])
-    store.on_train_batch_end(trainer, module, outputs_for([[0.2, 0.2, 0.2], [0.9, 0.9, 0.9], [0.5, 0.5, 0.5]]), batch, 0)
+    store.on_train_batch_end(
+        trainer, module, outputs_for([[0.2, 0.2, 0.2], [0.9, 0.9, 0.9], [0.5, 0.5, 0.5]]), batch, 0
+    )
     torch.testing.assert_close(store.tensors["scores"][1], torch.tensor([0.1, 0.6, 0.1]))  # first occurrence wins
     torch.testing.assert_close(store.tensors["scores"][3], torch.from_numpy(OBS[3]))  # padded row ignored
     assert store.coverage().tolist() == [0, 1, 0, 0]
@@ -95,9 +97,7 @@ def test_expected_positives_recomputed_at_epoch_start_with_diagnostics():
     store = ScoreStore(4, 3, momentum=0.0, expected_positives=1.5)
     module = FakeModule()
     store.setup(fake_trainer(OBS, TRUTH), module, "fit")
-    store.tensors["scores"] = torch.tensor(
-        [[0.9, 0.8, 0.1], [0.2, 0.9, 0.1], [0.9, 0.1, 0.7], [0.8, 0.1, 0.9]]
-    )
+    store.tensors["scores"] = torch.tensor([[0.9, 0.8, 0.1], [0.2, 0.9, 0.1], [0.9, 0.1, 0.7], [0.8, 0.1, 0.9]])
     store.on_train_epoch_start(fake_trainer(OBS, TRUTH, epoch=1), module)
     # class 0: 2 annotated -> 3 expected positives: rows 0, 2, 3; class 1: round(1.5)=2 -> rows 1, 0
     mask = store.tensors["expected_positive"]

@@ -24,7 +24,13 @@ TINY = [
 def _run(module: str, *overrides: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", module, *overrides], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", module, *overrides],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     if proc.returncode != 0:
         raise AssertionError(f"{module} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
@@ -75,7 +81,7 @@ def test_config_typo_is_a_clear_error(tmp_path):
     env = {**os.environ, "WANDB_MODE": "offline"}
     proc = subprocess.run(
         [sys.executable, "-m", "splml.train", "loss=ann", f"hydra.run.dir={tmp_path}"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert proc.returncode != 0
     assert "Could not find 'loss/ann'" in proc.stderr
@@ -147,7 +153,7 @@ def test_ben_dataset_without_files_names_the_missing_folder(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "splml.train", "dataset=ben", f"dataset.root={tmp_path / 'nowhere'}",
          f"hydra.run.dir={tmp_path / 'run'}"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert proc.returncode != 0
     assert f"dataset root {tmp_path / 'nowhere'} does not exist" in proc.stderr

@@ -691,7 +691,9 @@ def main(argv: list[str] | None = None) -> None:
         choices=["random"],
         help="also measure the store with these madvise hints applied to its map (what-if)",
     )
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), help="methods to time (with an)")
+    p.add_argument(
+        "--methods", nargs="+", default=list(METHODS), choices=list(METHODS), help="methods to time (with an)"
+    )
     p.add_argument("--profile", nargs="*", default=[], help="methods to run under torch.profiler after timing")
     p.add_argument("--profile-steps", type=int, default=3)
     p.add_argument("--no-write", action="store_true", help="print only; leave README.md and machinery.csv alone")

@@ -96,8 +96,8 @@ def main() -> None:
     if args.overrides:
         command += " --overrides " + " ".join(args.overrides)
     block = "\n".join(
-        [BEGIN, f"Command: `{command}` ({(time.time() - started) / 60:.0f} min on this machine, "
-         "finished runs are reused).", "", *table, END]
+        [BEGIN, (f"Command: `{command}` ({(time.time() - started) / 60:.0f} min on this machine, "
+                 "finished runs are reused)."), "", *table, END]
     )  # fmt: skip
     readme = HERE / "README.md"
     text = readme.read_text() if readme.is_file() else ""

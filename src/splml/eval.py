@@ -56,9 +56,16 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "epoch": ckpt.get("epoch"),
         "split": cfg.split,
     }
-    out = Path(cfg.output_file) if cfg.get("output_file") else ckpt_path.parent.parent / f"eval_{cfg.split}_results.json"
+    out = (
+        Path(cfg.output_file) if cfg.get("output_file") else ckpt_path.parent.parent / f"eval_{cfg.split}_results.json"
+    )
     out.write_text(json.dumps(results, indent=2))
-    log.info("%s mAP macro %.2f -> %s", cfg.split, metrics[f"{'test' if cfg.split == 'test' else 'validation'}/mAP_macro"], out)
+    log.info(
+        "%s mAP macro %.2f -> %s",
+        cfg.split,
+        metrics[f"{'test' if cfg.split == 'test' else 'validation'}/mAP_macro"],
+        out,
+    )
     return results
 
 

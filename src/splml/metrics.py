@@ -179,14 +179,12 @@ def _f1_scores(preds: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, floa
     return per_class, micro
 
 
-def _precision_recall_at_k(
-    scores: np.ndarray, targets: np.ndarray, ks: Sequence[int]
-) -> dict[str, float]:
+def _precision_recall_at_k(scores: np.ndarray, targets: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
     """Per-sample precision@k and recall@k (percent), averaged over samples.
 
     One stable sort serves every k: ranks are computed once and ``hits@k`` is a prefix sum.
     """
-    n, num_classes = scores.shape
+    num_classes = scores.shape[1]
     order = np.argsort(-scores, axis=1, kind="stable")
     hits_cum = np.cumsum(np.take_along_axis(targets, order, axis=1), axis=1)
     num_true = targets.sum(axis=1)
@@ -336,11 +334,10 @@ class MultiLabelMetricAccumulator(Metric):
         targets = dim_zero_cat(self.targets).cpu().numpy()
         indices = dim_zero_cat(self.indices).cpu().numpy()
         unique_idx, first, inverse = np.unique(indices, return_index=True, return_inverse=True)
-        if unique_idx.size != indices.size:
-            # Padding repeats the same sample, hence the same ground truth; different targets
-            # under one index mean indices collide (e.g. two datasets mixed), not padding.
-            if not np.array_equal(targets, targets[first][inverse.reshape(-1)]):
-                raise ValueError("rows sharing a dataset index have different targets; indices are not unique keys")
+        # Padding repeats the same sample, hence the same ground truth; different targets
+        # under one index mean indices collide (e.g. two datasets mixed), not padding.
+        if unique_idx.size != indices.size and not np.array_equal(targets, targets[first][inverse.reshape(-1)]):
+            raise ValueError("rows sharing a dataset index have different targets; indices are not unique keys")
         return compute_metrics(
             probs[first],
             targets[first],

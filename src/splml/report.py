@@ -116,7 +116,9 @@ def format_table(groups: dict[tuple[str, ...], RunGroup], metrics: Sequence[str]
                 runs += f" (+{len(group.failed)} failed)"
             elif len(group.results) < expected_seeds:
                 runs += f" (of {expected_seeds})"
-            lines.append(f"| {dataset} | {labels} | {group.key[2]} | {group.key[3]} | " + " | ".join(cells) + f" | {runs} |")
+            lines.append(
+                f"| {dataset} | {labels} | {group.key[2]} | {group.key[3]} | " + " | ".join(cells) + f" | {runs} |"
+            )
     return lines
 
 
@@ -346,7 +348,9 @@ def write_plots(groups: dict[tuple[str, ...], RunGroup], metric: str, out: Path)
 LabelQualitySeries = tuple[str, Sequence[tuple[Sequence[int], Sequence[float]]]]
 
 
-def plot_label_quality(series: Sequence[LabelQualitySeries], title: str, kinds: Sequence[str] = ("precision", "recall")) -> Any:
+def plot_label_quality(
+    series: Sequence[LabelQualitySeries], title: str, kinds: Sequence[str] = ("precision", "recall")
+) -> Any:
     """One panel per kind (extra-positive precision, recall, ...), one line per labelled series.
 
     ``series`` holds (label, [(epochs, values) per kind]); used by the report (a line per method)

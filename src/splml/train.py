@@ -88,7 +88,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "best_checkpoint": str(best_path),
         "seed": int(cfg.seed),
         "choices": run_choices(cfg),
-        "config": {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("dataset", "labels", "loss", "backbone", "head", "optim")},
+        "config": {
+            k: OmegaConf.to_container(cfg[k], resolve=True)
+            for k in ("dataset", "labels", "loss", "backbone", "head", "optim")
+        },
         "class_names": list(datamodule.class_names),
         "class_order": "original",
         "epochs_run": int(trainer.current_epoch),

@@ -368,7 +368,9 @@ class DualEMAStore(StoreCallback):
             padded = torch.zeros_like(local, dtype=torch.bool) if padded is None else torch.as_tensor(padded).bool()
             batch = {"index": local[chosen], "padded": padded.to(local.device)[chosen]}
             images = images[chosen.to(images.device)]
-        predicted = self.predict(trainer, pl_module, images) if images.shape[0] else images.new_zeros(0, self.num_classes)
+        predicted = (
+            self.predict(trainer, pl_module, images) if images.shape[0] else images.new_zeros(0, self.num_classes)
+        )
         idx, probs = self.gather_updates(batch, predicted)
         first = (self.coverage()[idx] == 1).unsqueeze(1)  # gather_updates has just counted this one
         pseudo = self.tensors["pseudo"]

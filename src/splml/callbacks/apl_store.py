@@ -76,7 +76,9 @@ class SoftNegativeStore(StoreCallback):
             }
             pl_module.log_dict({k: v for k, v in values.items() if math.isfinite(v)}, on_epoch=True, sync_dist=False)
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         idx = self.batch_indices(batch).cpu()
         extras = self.extras(batch)
         extras["apl_target"] = self.tensors["target"][idx].to(pl_module.device)

@@ -43,7 +43,9 @@ class ObservedLabelStore(StoreCallback):
         }
         pl_module.log_dict({k: v for k, v in values.items() if math.isfinite(v)}, on_epoch=True, sync_dist=False)
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         idx = self.batch_indices(batch).cpu()
         batch["observed"] = self.tensors["observed"][idx].to(device=pl_module.device, dtype=batch["observed"].dtype)
 

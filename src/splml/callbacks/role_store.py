@@ -55,7 +55,9 @@ class LabelEstimatorStore(StoreCallback):
         self.tensors["exp_avg_sq"] = torch.zeros_like(probs)
         self.tensors["steps"] = torch.zeros(self.num_samples, dtype=torch.long)
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         idx = self.batch_indices(batch).cpu()
         rows = self.tensors["logits"][idx].to(pl_module.device).requires_grad_(True)
         self._batch_rows = rows

@@ -33,7 +33,7 @@ def expected_positive_mask(scores: Tensor, annotated: Tensor, expected_positives
     counts = annotated.sum(0)
     mask = torch.zeros_like(annotated, dtype=torch.bool)
     for c in range(num_classes):
-        k = min(num_samples, int(round(expected_positives * float(counts[c]))))
+        k = min(num_samples, round(expected_positives * float(counts[c])))
         if k > 0:
             # Stable ordering (score descending, then index) so every rank picks the same rows.
             order = torch.argsort(-scores[:, c], stable=True)[:k]
@@ -57,7 +57,9 @@ class ScoreStore(StoreCallback):
         """One store serves every part of a combined loss (EN + CL both read it)."""
         assert isinstance(other, ScoreStore)
         if not math.isclose(self.momentum, other.momentum):
-            raise ValueError(f"two parts of the loss ask for different score momenta ({self.momentum}, {other.momentum})")
+            raise ValueError(
+                f"two parts of the loss ask for different score momenta ({self.momentum}, {other.momentum})"
+            )
         if self.expected_positives is None:
             self.expected_positives = other.expected_positives
         return self
@@ -82,7 +84,9 @@ class ScoreStore(StoreCallback):
             self.meta["mask_epoch"] = epoch
         self._log_diagnostics(trainer, pl_module)
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         idx = self.batch_indices(batch).cpu()
         extras = self.extras(batch)
         extras["ema_scores"] = self.tensors["scores"][idx].to(pl_module.device)

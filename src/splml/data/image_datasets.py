@@ -498,4 +498,3 @@ class ImageDataModule(SplitDataModule, ABC):
         if self.skipped:
             write_rows(out_dir / "skipped_items.csv", ("item", "reason"), self.skipped)
         return stem.with_suffix(".npy")
-

@@ -114,8 +114,7 @@ class DominantSinglePositive(LabelSource):
         targets = _check_targets(targets)
         if class_counts is None:
             raise ValueError(
-                "labels=dominant needs reference maps, and this dataset has none; "
-                "use labels=random or labels=manual"
+                "labels=dominant needs reference maps, and this dataset has none; use labels=random or labels=manual"
             )
         observed = np.zeros(targets.shape, dtype=np.float32)
         for i, row in enumerate(targets):
@@ -177,8 +176,7 @@ class ManualSinglePositive(LabelSource):
         missing = [sid for sid in ids if sid not in seen]
         if missing:
             raise ValueError(
-                f"{self.file}: {len(missing)} training sample(s) have no manual label "
-                f"(first: {missing[:3]})"
+                f"{self.file}: {len(missing)} training sample(s) have no manual label (first: {missing[:3]})"
             )
         return observed
 

@@ -67,18 +67,14 @@ def find_lmdb_dir(root: Path) -> Path:
     if len(candidates) == 1:
         return candidates[0]
     if not candidates:
-        raise FileNotFoundError(
-            f"no LMDB found under {root}: expected {root}/data.mdb or {root}/<name>/data.mdb"
-        )
+        raise FileNotFoundError(f"no LMDB found under {root}: expected {root}/data.mdb or {root}/<name>/data.mdb")
     raise FileNotFoundError(
         f"several LMDB directories under {root} ({[str(c) for c in candidates]}); "
         "pass the one to use as dataset.lmdb_path"
     )
 
 
-def read_metadata(
-    path: Path, *, include_snow_cloud: bool = False
-) -> dict[str, list[PatchRecord]]:
+def read_metadata(path: Path, *, include_snow_cloud: bool = False) -> dict[str, list[PatchRecord]]:
     """Read metadata.parquet (and optionally the snow/cloud file) grouped by split.
 
     Raises :class:`DataFormatError` naming the file for a missing column, an unknown split or
@@ -169,7 +165,9 @@ def safetensors_views(value: bytes | memoryview) -> dict[str, np.ndarray]:
     layout = _header_layout(bytes(buf[8 : 8 + header_len]))
     if layout and layout[-1][4] > len(data):
         raise ValueError(f"the header describes {layout[-1][4]} data bytes, the value has {len(data)}")
-    return {name: np.frombuffer(data[start:end], dtype=dtype).reshape(shape) for name, dtype, shape, start, end in layout}
+    return {
+        name: np.frombuffer(data[start:end], dtype=dtype).reshape(shape) for name, dtype, shape, start, end in layout
+    }
 
 
 @functools.lru_cache(maxsize=256)
@@ -371,7 +369,10 @@ class ReBENDataset(torch.utils.data.Dataset):
         size = self.image_size
         out = np.empty((len(self.bands), size, size), dtype=np.float32)
         with self._env().begin(buffers=True) as txn:
-            for key, dtype, groups in ((rec.patch_id, np.uint16, self._s2_groups), (rec.s1_name, np.float32, self._s1_groups)):
+            for key, dtype, groups in (
+                (rec.patch_id, np.uint16, self._s2_groups),
+                (rec.s1_name, np.float32, self._s1_groups),
+            ):
                 if not groups:
                     continue
                 arrays = self._checked(key, self._decode_views(txn, key), [b for g in groups for b in g.names], dtype)
@@ -406,15 +407,11 @@ class ReBENDataset(torch.utils.data.Dataset):
             self._env_handle, self._env_owner = open_lmdb(self.lmdb_path), owner
         return self._env_handle
 
-    def _checked(
-        self, key: str, arrays: dict[str, np.ndarray], bands: list[str], dtype: type
-    ) -> dict[str, np.ndarray]:
+    def _checked(self, key: str, arrays: dict[str, np.ndarray], bands: list[str], dtype: type) -> dict[str, np.ndarray]:
         out = {}
         for b in bands:
             if b not in arrays:
-                raise DataFormatError(
-                    f"{self.lmdb_path}: patch {key!r} has no band {b!r} (found {sorted(arrays)})"
-                )
+                raise DataFormatError(f"{self.lmdb_path}: patch {key!r} has no band {b!r} (found {sorted(arrays)})")
             arr = arrays[b]
             expected = S2_BAND_SIZES.get(b, PATCH_SIZE)
             if arr.shape != (expected, expected) or arr.dtype != dtype:

@@ -58,9 +58,7 @@ CLC_TO_CLASS: Final[dict[int, int]] = {
     521: 18, 522: 18, 523: 18,
 }  # fmt: skip
 #: CLC codes that exist in the maps but belong to no reBEN class; their pixels are ignored.
-UNLABELED_CLC: Final[frozenset[int]] = frozenset(
-    {0, 122, 123, 124, 131, 132, 133, 141, 142, 332, 334, 335, 423, 999}
-)
+UNLABELED_CLC: Final[frozenset[int]] = frozenset({0, 122, 123, 124, 131, 132, 133, 141, 142, 332, 334, 335, 423, 999})
 
 #: Sentinel-2 bands stored per patch, with their native side length in pixels.
 S2_BAND_SIZES: Final[dict[str, int]] = {
@@ -125,17 +123,13 @@ def resolve_band_set(bands: str | list[str] | tuple[str, ...]) -> tuple[str, ...
     if isinstance(bands, str):
         if bands not in BAND_SETS:
             raise ValueError(
-                f"unknown band set {bands!r}; choose one of {sorted(BAND_SETS)} "
-                "or give an explicit list of band names"
+                f"unknown band set {bands!r}; choose one of {sorted(BAND_SETS)} or give an explicit list of band names"
             )
         return BAND_SETS[bands]
     names = tuple(bands)
     unknown = [b for b in names if b not in S2_BAND_SIZES and b not in S1_BANDS]
     if unknown:
-        raise ValueError(
-            f"unknown band name(s) {unknown}; valid bands are "
-            f"{sorted(S2_BAND_SIZES) + list(S1_BANDS)}"
-        )
+        raise ValueError(f"unknown band name(s) {unknown}; valid bands are {sorted(S2_BAND_SIZES) + list(S1_BANDS)}")
     if not names:
         raise ValueError("the band list is empty")
     return names

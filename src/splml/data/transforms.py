@@ -46,8 +46,8 @@ class RecordedSpatialAugment:
         for _ in range(10):
             target = area * float(torch.empty(1).uniform_(*self.crop_scale, generator=gen))
             ratio = math.exp(float(torch.empty(1).uniform_(*log_ratio, generator=gen)))
-            w = int(round(math.sqrt(target * ratio)))
-            h = int(round(math.sqrt(target / ratio)))
+            w = round(math.sqrt(target * ratio))
+            h = round(math.sqrt(target / ratio))
             if 0 < w <= width and 0 < h <= height:
                 top = int(torch.randint(0, height - h + 1, (1,), generator=gen))
                 left = int(torch.randint(0, width - w + 1, (1,), generator=gen))

@@ -62,9 +62,14 @@ class SpatialConsistencyLoss(SPMLLoss):
 
         return [
             HeatmapStore(
-                num_samples, num_classes, momentum=self.heatmap_momentum, topk=self.topk, memmap_dir=self.memmap_dir,
-                plot_every_n_epochs=self.plot_every_n_epochs, plot_num_samples=self.plot_num_samples,
-            )  # fmt: skip
+                num_samples,
+                num_classes,
+                momentum=self.heatmap_momentum,
+                topk=self.topk,
+                memmap_dir=self.memmap_dir,
+                plot_every_n_epochs=self.plot_every_n_epochs,
+                plot_num_samples=self.plot_num_samples,
+            )
         ]
 
     def forward(self, outputs: dict[str, Tensor], batch: dict[str, Any], ctx: LossContext) -> Tensor:

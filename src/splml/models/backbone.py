@@ -32,7 +32,9 @@ def create_backbone(
         raise ValueError(f"unknown timm model {name!r}; similar names: {close}")
     if pretrained and weights_path is None:
         try:
-            return timm.create_model(name, pretrained=True, num_classes=0, global_pool="", in_chans=in_chans, **timm_kwargs)
+            return timm.create_model(
+                name, pretrained=True, num_classes=0, global_pool="", in_chans=in_chans, **timm_kwargs
+            )
         except Exception as exc:  # hub errors come in many types (connection, HTTP, file)
             raise RuntimeError(
                 f"backbone {name!r}: pretrained weights would have to be downloaded and that failed "
@@ -58,7 +60,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict, found {type(state).__name__}")
+        raise TypeError(f"{path}: expected a state dict, found {type(state).__name__}")
     return state
 
 

@@ -52,4 +52,3 @@ class SPMLModel(nn.Module):
         out = self.head(features)
         out["features"] = features.mean(dim=(-2, -1))
         return out
-
