@@ -400,6 +400,7 @@ def test_experiment_presets_compose(experiment):
         ("adagc_fixed_trigger", ("trigger", "fixed")),
         ("adagc_single_ema", ("dual_ema", False)),
         ("adagc_no_mixup", ("mixup", False)),
+        ("adagc_teacher_every4", ("teacher_every", 4)),
     ],
 )
 def test_ablation_variants_switch_one_component_each(ablation, switch):

@@ -36,7 +36,7 @@ ALL_LOSSES = [
     "full", "an", "an_ls", "wan", "epr", "role", "en", "en_cl", "en_scl",
     "ll_r", "ll_ct", "ll_cp", "em", "em_apl", "asl", "focal", "hill", "splc", "gr",
 ]  # fmt: skip
-ADAGC_VARIANTS = ["none", "adagc_fixed_trigger", "adagc_single_ema", "adagc_no_mixup"]
+ADAGC_VARIANTS = ["none", "adagc_fixed_trigger", "adagc_single_ema", "adagc_no_mixup", "adagc_teacher_every4"]
 #: What a run leaves that the report needs (results and per-epoch curves), relative to its folder.
 KEPT_FILES = ("results.json", "csv/metrics.csv", ".hydra/overrides.yaml")
 
