@@ -57,13 +57,13 @@ def sync(src: Path, dst: Path) -> int:
     return copied
 
 
-def sweep_command(args: argparse.Namespace, experiment: str, varied: str) -> list[str]:
+def sweep_command(args: argparse.Namespace, experiment: str, varied: str, *extra: str) -> list[str]:
     launcher = ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.jobs}"] if args.jobs > 1 else []
     return [
         sys.executable, "-m", "splml.train", "-m", f"experiment={experiment}", "skip_completed=true", *launcher,
         f"hydra.sweep.dir={args.sweep_dir}", "hydra.sweep.subdir=${hydra.job.override_dirname}",
         # Seeds vary slowest, so a sweep cut short still has every method at the first seeds.
-        f"seed={','.join(map(str, args.seeds))}", f"labels={','.join(args.labels)}", varied, *args.overrides,
+        f"seed={','.join(map(str, args.seeds))}", f"labels={','.join(args.labels)}", varied, *args.overrides, *extra,
     ]  # fmt: skip
 
 
@@ -83,6 +83,8 @@ def main() -> None:
     parser.add_argument("--archive", type=Path, default=ARCHIVE)
     parser.add_argument("--report-only", action="store_true", help="write the report from the archive, train nothing")
     parser.add_argument("--overrides", nargs="*", default=[], help="extra Hydra overrides for every run")
+    parser.add_argument("--adagc-overrides", nargs="*", default=[], help="extra Hydra overrides for the AdaGC sweep")
+    parser.add_argument("--out", type=Path, nargs="+", default=list(REPORTS), help="folders the report is written to")
     args = parser.parse_args()
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -94,14 +96,15 @@ def main() -> None:
         if args.losses:
             sweeps.append(sweep_command(args, "synthetic_methods", f"loss={','.join(args.losses)}"))
         if args.adagc_variants:
-            sweeps.append(sweep_command(args, "adagc_ablation", f"ablation={','.join(args.adagc_variants)}"))
+            variants = f"ablation={','.join(args.adagc_variants)}"
+            sweeps.append(sweep_command(args, "adagc_ablation", variants, *args.adagc_overrides))
         try:
             for cmd in sweeps:
                 print("+", " ".join(cmd), flush=True)
                 subprocess.run(cmd, check=True, cwd=REPO, env=env)
         finally:
             print(f"archived {sync(args.sweep_dir, args.archive)} files into {args.archive}", flush=True)
-    for out in REPORTS:
+    for out in args.out:
         report = [sys.executable, "-m", "splml.report", str(args.archive), "--out", str(out)]
         print("+", " ".join(report), flush=True)
         subprocess.run(report, check=True, cwd=REPO)
