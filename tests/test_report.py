@@ -18,10 +18,11 @@ def _write(
     mAP: float | None,
     status: str = "completed",
     ablation: str | None = None,
+    labels: str = "random",
 ) -> None:
     run = root / name
     run.mkdir(parents=True)
-    choices = {"dataset": "synthetic", "labels": "random", "loss": loss, "backbone": "resnet18", "ablation": ablation}
+    choices = {"dataset": "synthetic", "labels": labels, "loss": loss, "backbone": "resnet18", "ablation": ablation}
     result = {"status": status, "seed": seed, "choices": choices}
     if status == "completed":
         result.update({"test/mAP_macro": mAP, "test/mAP_micro": mAP, "test/F1_macro": mAP})
@@ -58,6 +59,29 @@ def test_report_keeps_ablation_variants_apart_from_the_full_method(tmp_path):
     rows = {line.split("|")[3].strip(): line for line in table.splitlines() if line.startswith("| synthetic")}
     assert set(rows) == {"adagc", "adagc_no_mixup"}
     assert "61.00 ± 1.41" in rows["adagc"] and "41.00 ± 1.41" in rows["adagc_no_mixup"]
+
+
+def test_wide_table_has_methods_as_rows_and_ranks_each_column(tmp_path):
+    _write(tmp_path, "0", "an", 1, 50.0)
+    _write(tmp_path, "1", "an", 2, 52.0)
+    _write(tmp_path, "2", "en", 1, 60.0)
+    _write(tmp_path, "3", "en", 2, 64.0)
+    _write(tmp_path, "4", "an", 1, 70.0, labels="dominant")
+    _write(tmp_path, "5", "an", 2, 72.0, labels="dominant")
+    _write(tmp_path, "6", "full", 1, 90.0, labels="dominant")
+    _write(tmp_path, "7", "en", 1, 40.0, labels="dominant")
+    _write(tmp_path, "8", "en", 2, 0.0, status="failed", labels="dominant")
+    main([str(tmp_path), "--out", str(tmp_path / "out")])
+    table = (tmp_path / "out" / "table_wide.md").read_text()
+    header = next(line for line in table.splitlines() if line.startswith("| method"))
+    assert header == "| method | synthetic / dominant | synthetic / random |"
+    rows = {line.split("|")[1].strip(): line.split("|")[2:4] for line in table.splitlines()[4:]}
+    # Ranked within each column: AN is second behind full on dominant and behind EN on random.
+    assert rows["an"] == [" *71.00 ± 1.41* ", " *51.00 ± 1.41* "]
+    assert rows["full"] == [" **90.00** (1 of 2 runs) ", " not run "]
+    assert rows["en"] == [" 40.00 (+1 failed) ", " **62.00 ± 2.83** "]
+    tex = (tmp_path / "out" / "table_wide.tex").read_text()
+    assert r"\textbf{90.00} (1 of 2 runs) & not run \\" in tex
 
 
 def test_report_without_results_is_a_clear_error(tmp_path):

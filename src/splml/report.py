@@ -6,8 +6,9 @@ seeds as Markdown and CSV. Failed runs (``status: failed``) and groups with fewe
 the others are shown as such, never averaged away silently.
 
 With ``--out`` it also writes what goes into a paper or a review without re-plotting by hand: a
-LaTeX table (``table.tex``), a per-class AP table per (dataset, labels) block, and PNG figures
-(method bars with std error bars, per-class AP heat map, validation mAP curves, and the
+LaTeX table (``table.tex``), the papers' layout of the first metric (``table_wide.md``/``.tex``:
+methods as rows, one column per dataset and label mode), a per-class AP table per (dataset, labels) block, and PNG figures
+(method means with std error bars and every seed, per-class AP heat map, validation mAP curves, and the
 extra-positive precision/recall curves of the methods that log them). Curves come from each
 run's ``csv/metrics.csv``; a run without it is simply left out of the curves.
 """
@@ -98,19 +99,7 @@ def format_table(groups: dict[tuple[str, ...], RunGroup], metrics: Sequence[str]
     for (dataset, labels), members in sorted(blocks.items()):
         ranks = {metric: top_two(members, metric) for metric in metrics}
         for group in sorted(members, key=lambda g: -_nan_low(g.summary(metrics[0])[0])):
-            cells = []
-            for metric in metrics:
-                mean, std, n = group.summary(metric)
-                if n == 0:
-                    cells.append("missing")
-                    continue
-                text = f"{mean:.2f} ± {std:.2f}" if n > 1 else f"{mean:.2f}"
-                rank = _rank(mean, ranks[metric])
-                if rank == 0:
-                    text = f"**{text}**"
-                elif rank == 1:
-                    text = f"*{text}*"
-                cells.append(text)
+            cells = [format_cell(group, metric, ranks[metric]) for metric in metrics]
             runs = f"{len(group.results)}"
             if group.failed:
                 runs += f" (+{len(group.failed)} failed)"
@@ -142,6 +131,69 @@ def _rank(mean: float, ranks: list[float]) -> int | None:
     return ranks.index(rounded) if rounded in ranks else None
 
 
+def format_cell(group: RunGroup, metric: str, ranks: list[float], latex: bool = False) -> str:
+    """``mean ± std`` over seeds (the mean alone for one run), best bold and second italic; "missing" if no run has it."""
+    mean, std, n = group.summary(metric)
+    if n == 0:
+        return "missing"
+    plus_minus = " $\\pm$ " if latex else " ± "
+    text = f"{mean:.2f}{plus_minus}{std:.2f}" if n > 1 else f"{mean:.2f}"
+    rank = _rank(mean, ranks)
+    if rank is None:
+        return text
+    if latex:
+        return f"\\textbf{{{text}}}" if rank == 0 else f"\\textit{{{text}}}"
+    return f"**{text}**" if rank == 0 else f"*{text}*"
+
+
+def format_wide_table(groups: dict[tuple[str, ...], RunGroup], metric: str, latex: bool = False) -> str:
+    """The papers' layout: one row per method (and backbone), one column per (dataset, labels) block.
+
+    Ranks are per column. A method that has no run in a block says "not run"; a cell averaged over
+    fewer seeds than the sweep's most, or beside failed runs, says so after its value.
+    """
+    blocks = split_blocks(groups)
+    columns = list(blocks)
+    expected_seeds = max((len(g.results) + len(g.failed) for g in groups.values()), default=0)
+    ranks = {column: top_two(members, metric) for column, members in blocks.items()}
+    by_method: dict[tuple[str, str], dict[tuple[str, str], RunGroup]] = defaultdict(dict)
+    for column, members in blocks.items():
+        for group in members:
+            by_method[(group.key[2], group.key[3])][column] = group
+
+    def order(method: tuple[str, str]) -> float:
+        means = [g.summary(metric)[0] for g in by_method[method].values() if g.values(metric)]
+        return -statistics.fmean(means) if means else math.inf
+
+    several_backbones = len({backbone for _, backbone in by_method}) > 1
+    rows = []
+    for method in sorted(by_method, key=order):
+        name = f"{method[0]} ({method[1]})" if several_backbones else method[0]
+        cells = [tex_escape(name) if latex else name]
+        for column in columns:
+            group = by_method[method].get(column)
+            if group is None:
+                cells.append("not run")
+                continue
+            text = format_cell(group, metric, ranks[column], latex=latex)
+            if group.failed:
+                text += f" (+{len(group.failed)} failed)"
+            elif 0 < len(group.results) < expected_seeds:
+                text += f" ({len(group.results)} of {expected_seeds} runs)"
+            cells.append(text)
+        rows.append(cells)
+    titles = [f"{dataset} / {labels}" for dataset, labels in columns]
+    caption = f"{metric}, mean ± std over seeds (best bold, second italic)"
+    if latex:
+        lines = [f"% {caption}", r"\begin{tabular}{l" + "r" * len(columns) + "}", r"\hline",
+                 " & ".join(tex_escape(t) for t in ["method", *titles]) + r" \\", r"\hline",
+                 *[" & ".join(cells) + r" \\" for cells in rows], r"\hline", r"\end{tabular}"]  # fmt: skip
+    else:
+        lines = [f"{caption}:", "", "| method | " + " | ".join(titles) + " |", "|---|" + "---|" * len(columns)]
+        lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    return "\n".join(lines) + "\n"
+
+
 def _nan_low(x: float) -> float:
     return -math.inf if math.isnan(x) else x
 
@@ -169,18 +221,7 @@ def format_latex(groups: dict[tuple[str, ...], RunGroup], metrics: Sequence[str]
         ranks = {metric: top_two(members, metric) for metric in metrics}
         for group in sorted(members, key=lambda g: -_nan_low(g.summary(metrics[0])[0])):
             cells = [tex_escape(part) for part in (dataset, labels, group.key[2], group.key[3])]
-            for metric in metrics:
-                mean, std, n = group.summary(metric)
-                if n == 0:
-                    cells.append("missing")
-                    continue
-                text = f"{mean:.2f} $\\pm$ {std:.2f}" if n > 1 else f"{mean:.2f}"
-                rank = _rank(mean, ranks[metric])
-                if rank == 0:
-                    text = f"\\textbf{{{text}}}"
-                elif rank == 1:
-                    text = f"\\textit{{{text}}}"
-                cells.append(text)
+            cells += [format_cell(group, metric, ranks[metric], latex=True) for metric in metrics]
             runs = f"{len(group.results)}" + (f" (+{len(group.failed)} failed)" if group.failed else "")
             lines.append(" & ".join([*cells, runs]) + r" \\")
         lines.append(r"\hline")
@@ -415,7 +456,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         (args.out / "table.md").write_text("\n".join(lines) + "\n")
         write_csv(groups, args.metrics, args.out / "table.csv")
         (args.out / "table.tex").write_text(format_latex(groups, args.metrics))
-        written = ["table.md", "table.csv", "table.tex"]
+        (args.out / "table_wide.md").write_text(format_wide_table(groups, args.metrics[0]))
+        (args.out / "table_wide.tex").write_text(format_wide_table(groups, args.metrics[0], latex=True))
+        written = ["table.md", "table.csv", "table.tex", "table_wide.md", "table_wide.tex"]
         for (dataset, labels), members in split_blocks(groups).items():
             stem = args.out / f"per_class_AP_{_safe_name(dataset)}_{_safe_name(labels)}"
             if write_per_class(members, stem):
