@@ -324,7 +324,7 @@ def write_plots(groups: dict[tuple[str, ...], RunGroup], metric: str, out: Path)
 
     def save(fig: Any, name: str) -> None:
         fig.tight_layout()
-        fig.savefig(out / name, dpi=120)
+        fig.savefig(out / name, dpi=120, bbox_inches="tight")
         plt.close(fig)
         written.append(out / name)
 
@@ -368,14 +368,14 @@ def write_plots(groups: dict[tuple[str, ...], RunGroup], metric: str, out: Path)
         curves = [(g, mean_curve(g, "val/mAP_macro")) for g in sorted(members, key=lambda g: g.key[2:])]
         curves = [(g, c) for g, c in curves if c[0]]
         if curves:
-            fig, ax = plt.subplots(figsize=(6, 4))
-            for group, (epochs, values) in curves:
-                ax.plot(epochs, values, marker=".", label=label(group))
+            fig, ax = plt.subplots(figsize=(7 + 1.2 * (len(curves) > 12), 4))
+            for i, (group, (epochs, values)) in enumerate(curves):
+                ax.plot(epochs, values, label=label(group), **line_style(i))
             ax.set_xlabel("epoch")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylabel("val/mAP_macro (mean over seeds)")
             ax.set_title(f"{title}: training curves")
-            ax.legend(fontsize=7, ncol=2)
+            ax.legend(fontsize=7, ncol=1 + (len(curves) > 12), loc="upper left", bbox_to_anchor=(1.01, 1.0))
             save(fig, f"curves_{suffix}.png")
 
         quality = []
@@ -395,6 +395,16 @@ def write_plots(groups: dict[tuple[str, ...], RunGroup], metric: str, out: Path)
 LabelQualitySeries = tuple[str, Sequence[tuple[Sequence[int], Sequence[float]]]]
 
 
+def line_style(i: int) -> dict[str, Any]:
+    """Colour, dash and marker of the i-th line: a comparison of 20+ methods outgrows one colour cycle."""
+    return {
+        "color": f"C{i % 10}",
+        "linestyle": ("-", "--", ":")[(i // 10) % 3],
+        "marker": (".", "x", "^")[(i // 10) % 3],
+        "markersize": 4,
+    }
+
+
 def plot_label_quality(
     series: Sequence[LabelQualitySeries], title: str, kinds: Sequence[str] = ("precision", "recall")
 ) -> Any:
@@ -410,18 +420,23 @@ def plot_label_quality(
     from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, len(kinds), figsize=(5 * len(kinds), 4), sharex=True, squeeze=False)
-    for name, curves in series:
+    for i, (name, curves) in enumerate(series):
         for ax, (epochs, values) in zip(axes[0], curves, strict=False):
             if len(epochs):
-                ax.plot(epochs, values, marker=".", label=name)
+                ax.plot(epochs, values, label=name, **line_style(i))
     for ax, kind in zip(axes[0], kinds, strict=True):
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(kind if "(" in kind else f"extra-positive {kind} (%)")
-        if ax.lines:
-            ax.legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
+    # One legend beside the panels (a method may be absent from one of them), not over the curves.
+    legend: dict[str, Any] = {}
+    for ax in axes[0]:
+        for handle, name in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(name, handle)
+    if legend:
+        fig.legend(legend.values(), legend.keys(), fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     return fig
 
 

@@ -66,7 +66,7 @@ class LabelQualityPlot(L.Callback):
                                  kinds=[label for _, label in self.panels])  # fmt: skip
         out = Path(trainer.default_root_dir) / self.filename
         out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=100)
+        fig.savefig(out, dpi=100, bbox_inches="tight")
         plt.close(fig)
         self._log_image(trainer, out)
         return out
