@@ -26,15 +26,15 @@ import json
 import os
 import platform
 import random
-import re
 import shutil
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+from splml.utils.markdown import write_generated_block
+
 HERE = Path(__file__).resolve().parent
-BEGIN, END = "<!-- BEGIN reader -->", "<!-- END reader -->"
 
 
 def build_lmdb(root: Path, patches: int) -> Path:
@@ -238,14 +238,7 @@ def main() -> None:
     print("\n".join(text))
     if not args.no_write:
         (HERE / f"reader_{args.image_size}_{args.upsampling}.json").write_text(json.dumps(result, indent=2))
-        readme = HERE / "README.md"
-        body = readme.read_text()
-        block = f"{BEGIN}\n" + "\n".join(text) + f"\n{END}"
-        if BEGIN in body:
-            body = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, body, flags=re.DOTALL)
-        else:
-            body = body.rstrip() + "\n\n## reBEN reader throughput\n\n" + block + "\n"
-        readme.write_text(body)
+        write_generated_block(HERE / "README.md", "reader", "\n".join(text), heading="## reBEN reader throughput")
     if not args.keep and args.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)
 

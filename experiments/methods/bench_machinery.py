@@ -62,11 +62,12 @@ from splml.losses.base import LossContext
 from splml.models.backbone import create_backbone
 from splml.models.model import SpatialLinearHead, SPMLModel
 from splml.module import SPMLModule
+from splml.utils.markdown import block_markers, write_generated_block
 
 HERE = Path(__file__).resolve().parent
 README = HERE / "README.md"
 CSV_PATH = HERE / "machinery.csv"
-BEGIN, END = "<!-- BEGIN machinery -->", "<!-- END machinery -->"
+BEGIN, END = block_markers("machinery")
 
 BASELINE = "an"
 #: method -> allowed step-time ratio to AN.
@@ -659,12 +660,9 @@ def write_csv(rows: list[dict[str, Any]], hook_rows: list[dict[str, Any]], memor
 
 
 def write_readme(block: str) -> None:
-    text = README.read_text() if README.exists() else README_TEMPLATE
-    if BEGIN not in text or END not in text:
-        text = text.rstrip() + f"\n\n{BEGIN}\n{END}\n"
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    README.write_text(f"{head}{BEGIN}\n{block}{END}{tail}")
+    if not README.exists():
+        README.write_text(README_TEMPLATE)
+    write_generated_block(README, "machinery", block)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from splml.utils.markdown import write_generated_block
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-BEGIN, END = "<!-- BEGIN baselines -->", "<!-- END baselines -->"
 METRICS = ("test/mAP_macro", "test/mAP_micro", "test/F1_macro", "val/mAP_macro_best")
 SETTINGS = {
     "full labels (oracle)": ["labels=full", "loss=full"],
@@ -95,17 +96,9 @@ def main() -> None:
     command = "python experiments/synthetic/run_baselines.py --seeds " + " ".join(map(str, args.seeds))
     if args.overrides:
         command += " --overrides " + " ".join(args.overrides)
-    block = "\n".join(
-        [BEGIN, (f"Command: `{command}` ({(time.time() - started) / 60:.0f} min on this machine, "
-                 "finished runs are reused)."), "", *table, END]
-    )  # fmt: skip
-    readme = HERE / "README.md"
-    text = readme.read_text() if readme.is_file() else ""
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END) :]
-    else:
-        text += "\n" + block + "\n"
-    readme.write_text(text)
+    lines = [f"Command: `{command}` ({(time.time() - started) / 60:.0f} min on this machine, finished runs are reused).",
+             "", *table]  # fmt: skip
+    write_generated_block(HERE / "README.md", "baselines", "\n".join(lines))
     print("\n".join(table))
 
 
