@@ -82,6 +82,9 @@ def test_wide_table_has_methods_as_rows_and_ranks_each_column(tmp_path):
     assert rows["en"] == [" 40.00 (+1 failed) ", " **62.00 ± 2.83** "]
     tex = (tmp_path / "out" / "table_wide.tex").read_text()
     assert r"\textbf{90.00} (1 of 2 runs) & not run \\" in tex
+    # The long LaTeX table marks the shortfall too, as the Markdown one does.
+    long_tex = (tmp_path / "out" / "table.tex").read_text()
+    assert r"& 1 (of 2) \\" in long_tex and r"& 1 (+1 failed) \\" in long_tex
 
 
 def test_report_without_results_is_a_clear_error(tmp_path):

@@ -7,9 +7,10 @@ the others are shown as such, never averaged away silently.
 
 With ``--out`` it also writes what goes into a paper or a review without re-plotting by hand: a
 LaTeX table (``table.tex``), the papers' layout of the first metric (``table_wide.md``/``.tex``:
-methods as rows, one column per dataset and label mode), a per-class AP table per (dataset, labels) block, and PNG figures
-(method means with std error bars and every seed, per-class AP heat map, validation mAP curves, and the
-extra-positive precision/recall curves of the methods that log them). Curves come from each
+methods as rows, one column per dataset and label mode), a per-class AP table per (dataset,
+labels) block, and PNG figures (method means with std error bars and every seed, per-class AP
+heat map, validation mAP curves, and the extra-positive precision/recall curves of the methods
+that log them). Curves come from each
 run's ``csv/metrics.csv``; a run without it is simply left out of the curves.
 """
 
@@ -93,20 +94,17 @@ def group_runs(files: Iterable[Path]) -> dict[tuple[str, ...], RunGroup]:
 def format_table(groups: dict[tuple[str, ...], RunGroup], metrics: Sequence[str]) -> list[str]:
     """Markdown rows, best mean per (dataset, labels) block in bold and second in italic."""
     blocks = split_blocks(groups)
-    expected_seeds = max((len(g.results) + len(g.failed) for g in groups.values()), default=0)
+    expected = expected_runs(groups)
     header = "| dataset | labels | loss | backbone | " + " | ".join(metrics) + " | runs |"
     lines = [header, "|" + "---|" * (len(metrics) + 5)]
     for (dataset, labels), members in sorted(blocks.items()):
         ranks = {metric: top_two(members, metric) for metric in metrics}
         for group in sorted(members, key=lambda g: -_nan_low(g.summary(metrics[0])[0])):
             cells = [format_cell(group, metric, ranks[metric]) for metric in metrics]
-            runs = f"{len(group.results)}"
-            if group.failed:
-                runs += f" (+{len(group.failed)} failed)"
-            elif len(group.results) < expected_seeds:
-                runs += f" (of {expected_seeds})"
             lines.append(
-                f"| {dataset} | {labels} | {group.key[2]} | {group.key[3]} | " + " | ".join(cells) + f" | {runs} |"
+                f"| {dataset} | {labels} | {group.key[2]} | {group.key[3]} | "
+                + " | ".join(cells)
+                + f" | {runs_cell(group, expected)} |"
             )
     return lines
 
@@ -129,6 +127,19 @@ def _rank(mean: float, ranks: list[float]) -> int | None:
     """0 for the best mean, 1 for the second, None otherwise."""
     rounded = round(mean, 6)
     return ranks.index(rounded) if rounded in ranks else None
+
+
+def expected_runs(groups: dict[tuple[str, ...], RunGroup]) -> int:
+    """Runs per group the sweep asked for: the most any group has, completed and failed together."""
+    return max((len(g.results) + len(g.failed) for g in groups.values()), default=0)
+
+
+def runs_cell(group: RunGroup, expected: int) -> str:
+    """Completed runs, with the failed ones or the shortfall against ``expected``: "3", "2 (+1 failed)", "2 (of 3)"."""
+    runs = f"{len(group.results)}"
+    if group.failed:
+        return runs + f" (+{len(group.failed)} failed)"
+    return runs + (f" (of {expected})" if len(group.results) < expected else "")
 
 
 def format_cell(group: RunGroup, metric: str, ranks: list[float], latex: bool = False) -> str:
@@ -154,7 +165,7 @@ def format_wide_table(groups: dict[tuple[str, ...], RunGroup], metric: str, late
     """
     blocks = split_blocks(groups)
     columns = list(blocks)
-    expected_seeds = max((len(g.results) + len(g.failed) for g in groups.values()), default=0)
+    expected = expected_runs(groups)
     ranks = {column: top_two(members, metric) for column, members in blocks.items()}
     by_method: dict[tuple[str, str], dict[tuple[str, str], RunGroup]] = defaultdict(dict)
     for column, members in blocks.items():
@@ -178,8 +189,8 @@ def format_wide_table(groups: dict[tuple[str, ...], RunGroup], metric: str, late
             text = format_cell(group, metric, ranks[column], latex=latex)
             if group.failed:
                 text += f" (+{len(group.failed)} failed)"
-            elif 0 < len(group.results) < expected_seeds:
-                text += f" ({len(group.results)} of {expected_seeds} runs)"
+            elif 0 < len(group.results) < expected:
+                text += f" ({len(group.results)} of {expected} runs)"
             cells.append(text)
         rows.append(cells)
     titles = [f"{dataset} / {labels}" for dataset, labels in columns]
@@ -215,6 +226,7 @@ def tex_escape(text: str) -> str:
 def format_latex(groups: dict[tuple[str, ...], RunGroup], metrics: Sequence[str]) -> str:
     """A booktabs-free ``tabular`` (compiles without extra packages): mean ± std, best bold, second italic."""
     columns = ["dataset", "labels", "loss", "backbone", *metrics, "runs"]
+    expected = expected_runs(groups)
     lines = [r"\begin{tabular}{" + "llll" + "r" * (len(metrics) + 1) + "}", r"\hline",
              " & ".join(tex_escape(c) for c in columns) + r" \\", r"\hline"]  # fmt: skip
     for (dataset, labels), members in split_blocks(groups).items():
@@ -222,8 +234,7 @@ def format_latex(groups: dict[tuple[str, ...], RunGroup], metrics: Sequence[str]
         for group in sorted(members, key=lambda g: -_nan_low(g.summary(metrics[0])[0])):
             cells = [tex_escape(part) for part in (dataset, labels, group.key[2], group.key[3])]
             cells += [format_cell(group, metric, ranks[metric], latex=True) for metric in metrics]
-            runs = f"{len(group.results)}" + (f" (+{len(group.failed)} failed)" if group.failed else "")
-            lines.append(" & ".join([*cells, runs]) + r" \\")
+            lines.append(" & ".join([*cells, runs_cell(group, expected)]) + r" \\")
         lines.append(r"\hline")
     lines.append(r"\end{tabular}")
     return "\n".join(lines) + "\n"
