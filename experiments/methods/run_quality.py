@@ -12,8 +12,9 @@ missing or failed.
 Each finished run's ``results.json`` and ``csv/metrics.csv`` (a few kB; no checkpoints) are
 copied to ``experiments/synthetic/runs/`` and copied back before a sweep starts: the measured
 table lives in the repository, and a sweep interrupted on one machine resumes on another. The
-report reads the archive and writes experiments/synthetic/comparison/; the papers' layout of it (table_wide.md)
-also goes into experiments/synthetic/README.md, between its BEGIN/END comparison markers.
+report reads the archive and writes experiments/synthetic/comparison/; its papers' layout
+(table_wide.md) also goes into experiments/synthetic/README.md, between the BEGIN/END
+comparison markers.
 
 ``--jobs N`` runs N trainings at once (Hydra's joblib launcher), each with cores/N threads: on a
 2-core CPU two single-thread runs finish about 1.3x faster in total than one two-thread run.
@@ -33,7 +34,7 @@ from splml.utils.markdown import write_generated_block
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 ARCHIVE = REPO / "experiments" / "synthetic" / "runs"
-REPORTS = (REPO / "experiments" / "synthetic" / "comparison",)
+REPORT = REPO / "experiments" / "synthetic" / "comparison"
 SYNTHETIC_README = REPO / "experiments" / "synthetic" / "README.md"
 ALL_LOSSES = [
     "full", "an", "an_ls", "wan", "epr", "role", "en", "en_cl", "en_scl",
@@ -87,7 +88,7 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true", help="write the report from the archive, train nothing")
     parser.add_argument("--overrides", nargs="*", default=[], help="extra Hydra overrides for every run")
     parser.add_argument("--adagc-overrides", nargs="*", default=[], help="extra Hydra overrides for the AdaGC sweep")
-    parser.add_argument("--out", type=Path, nargs="+", default=list(REPORTS), help="folders the report is written to")
+    parser.add_argument("--out", type=Path, default=REPORT, help="folder the report is written to")
     parser.add_argument(
         "--readme-block",
         default="comparison",
@@ -112,12 +113,11 @@ def main() -> None:
                 subprocess.run(cmd, check=True, cwd=REPO, env=env)
         finally:
             print(f"archived {sync(args.sweep_dir, args.archive)} files into {args.archive}", flush=True)
-    for out in args.out:
-        report = [sys.executable, "-m", "splml.report", str(args.archive), "--out", str(out)]
-        print("+", " ".join(report), flush=True)
-        subprocess.run(report, check=True, cwd=REPO)
+    report = [sys.executable, "-m", "splml.report", str(args.archive), "--out", str(args.out)]
+    print("+", " ".join(report), flush=True)
+    subprocess.run(report, check=True, cwd=REPO)
     runs = sum(1 for _ in args.archive.glob("*/results.json"))
-    table = (args.out[0] / "table_wide.md").read_text()
+    table = (args.out / "table_wide.md").read_text()
     source = f"`{args.archive.resolve().relative_to(REPO)}/` ({runs} runs)"
     write_generated_block(SYNTHETIC_README, args.readme_block, f"{table}\nFrom {source}.")
     print(f"wrote the table into {SYNTHETIC_README} (block {args.readme_block})", flush=True)
