@@ -110,3 +110,60 @@ def test_manual_label_file_errors_name_the_row(tmp_path, content, message):
     f.write_text(content)
     with pytest.raises(ValueError, match=message):
         ManualSinglePositive(f).observe(_targets(3), ids=["x", "y", "z"], class_names=NAMES)
+
+
+ANNOTATION_HEADER = "image_id,class_name,annotator,timestamp,seconds\n"
+
+
+def test_manual_labels_read_the_annotation_file_last_row_wins(tmp_path):
+    f = tmp_path / "annotations.csv"
+    f.write_text(
+        ANNOTATION_HEADER
+        + "x,b,ann,2024-01-01T00:00:00Z,1.5\ny,,ann,2024-01-01T00:00:02Z,0.5\nz,a,ann,2024-01-01T00:00:03Z,2\n"
+        + "x,d,bob,2024-01-01T00:00:04Z,3\ny,c,ann,2024-01-01T00:00:05Z,1\n"
+    )
+    obs = ManualSinglePositive(f).observe(_targets(3), ids=["x", "y", "z"], class_names=NAMES)
+    assert obs.argmax(1).tolist() == [3, 2, 0]
+    assert (obs.sum(1) == 1).all()
+
+
+def test_manual_labels_read_columns_by_name_in_any_order(tmp_path):
+    f = tmp_path / "annotations.csv"
+    f.write_text("seconds,class_name,note,image_id\n1,c,hello,y\n1,a,,x\n2,b,,z\n")
+    obs = ManualSinglePositive(f).observe(_targets(3), ids=["x", "y", "z"], class_names=NAMES)
+    assert obs.argmax(1).tolist() == [0, 2, 1]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("x,b,a,t,1\ny,,a,t,1\nz,a,a,t,1\n", r"1 were skipped by the annotator \(first: \['y'\]\)"),
+        (
+            "x,b,a,t,1\nz,a,a,t,1\n",
+            r"1 training sample\(s\) have no manual label \(first: \['y'\]\).*labels.missing=random",
+        ),
+        ("x,b,a,t,1\ny,a,a,t,1\ny,,a,t,1\nz,a,a,t,1\n", "1 were skipped"),  # a later skip replaces the answer
+        ("x,b,a,t,1\ny,nope,a,t,1\nz,a,a,t,1\n", "line 3: 'nope'"),
+        ("x,b,a,t,1\nw,b,a,t,1\n", "line 3: id 'w' is not in the training split"),
+        ("x,b,a,t,1\ny,b,a,t\n", "line 3: expected 5 fields"),
+    ],
+)
+def test_manual_annotation_file_errors_name_the_images(tmp_path, content, message):
+    f = tmp_path / "annotations.csv"
+    f.write_text(ANNOTATION_HEADER + content)
+    with pytest.raises(ValueError, match=message):
+        ManualSinglePositive(f).observe(_targets(3), ids=["x", "y", "z"], class_names=NAMES)
+
+
+def test_manual_missing_random_draws_skipped_and_missing_from_the_true_labels(tmp_path, caplog):
+    f = tmp_path / "annotations.csv"
+    f.write_text(ANNOTATION_HEADER + "x,b,a,t,1\ny,,a,t,1\n")
+    targets = _targets(3)
+    ids = ["x", "y", "z"]
+    obs = ManualSinglePositive(f, missing="random", seed=5).observe(targets, ids=ids, class_names=NAMES)
+    drawn = RandomSinglePositive(seed=5).observe(targets, ids=ids, class_names=NAMES)
+    assert obs[0].argmax() == 1
+    np.testing.assert_array_equal(obs[1:], drawn[1:])
+    assert "1 training sample(s) have no manual label" in caplog.text and "1 were skipped" in caplog.text
+    with pytest.raises(ValueError, match="labels.missing"):
+        ManualSinglePositive(f, missing="ignore")

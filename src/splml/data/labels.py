@@ -11,11 +11,14 @@ Every source is deterministic and its output is saved next to the run
 from __future__ import annotations
 
 import csv
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 #: Reads the reference map of sample i; provided by datasets that have maps (reBEN).
 MapReader = Callable[[int], np.ndarray]
@@ -128,57 +131,142 @@ class DominantSinglePositive(LabelSource):
         return observed
 
 
-class ManualSinglePositive(LabelSource):
-    """Labels from a file: one row per sample, ``<id>,<class name or index>``.
+#: Columns of the annotation file written by ``python -m splml.annotate`` (its header row, in this
+#: order). A row with an empty ``class_name`` records a skipped image; later rows for an image
+#: replace earlier ones (an answer changed after going back).
+ANNOTATION_COLUMNS: tuple[str, ...] = ("image_id", "class_name", "annotator", "timestamp", "seconds")
 
-    The CSV may have a header (detected when its second field is neither a class name nor an
-    index). Every training sample must appear exactly once; unknown ids, unknown classes and
-    duplicates are errors naming the file and row.
+#: What ``labels=manual`` does with a training image the file leaves without a class.
+MISSING_POLICIES: tuple[str, ...] = ("error", "random")
+
+
+class ManualSinglePositive(LabelSource):
+    """Labels from a file: one class per training sample, chosen by a person.
+
+    Two formats are read:
+
+    * ``<id>,<class name or index>`` rows, optionally under a header (detected when its second
+      field is neither a class name nor an index); an id appearing twice is an error;
+    * the annotation file of ``python -m splml.annotate``: a header naming at least ``image_id``
+      and ``class_name`` (extra columns such as annotator, timestamp and seconds are kept in the
+      file, not used here). It is a log: the last row of an image wins, and an empty class
+      marks an image the annotator skipped.
+
+    Every training sample needs a class. Skipped and missing samples are an error listing
+    them, unless ``missing="random"``, which gives each of them one of its true labels drawn
+    as ``labels=random`` with ``seed`` would (and logs how many). Unknown ids and unknown
+    classes are errors naming the file and line.
     """
 
     name = "manual"
 
-    def __init__(self, file: str | Path) -> None:
+    def __init__(self, file: str | Path, missing: str = "error", seed: int = 1200) -> None:
         if not file:
             raise ValueError("labels=manual needs labels.file=<path to a CSV of id,class>")
+        if missing not in MISSING_POLICIES:
+            raise ValueError(f"labels.missing must be one of {MISSING_POLICIES}, got {missing!r}")
         self.file = Path(file)
+        self.missing = missing
+        self.seed = int(seed)
 
     def observe(self, targets, *, ids, class_names, class_counts=None):
         targets = np.asarray(targets)
         if not self.file.is_file():
             raise FileNotFoundError(f"manual label file not found: {self.file}")
-        index_of_id = {sid: i for i, sid in enumerate(ids)}
-        index_of_class = {name: c for c, name in enumerate(class_names)}
-        observed = np.zeros(targets.shape, dtype=np.float32)
-        seen: dict[str, int] = {}
         with self.file.open(newline="", encoding="utf-8") as fh:
             rows = list(csv.reader(fh))
-        for line, row in enumerate(rows, start=1):
-            if not row or all(not cell.strip() for cell in row):
-                continue
-            if len(row) != 2:
-                raise ValueError(f"{self.file}, line {line}: expected 2 fields (id, class), got {len(row)}: {row}")
-            sid, cls = row[0].strip(), row[1].strip()
-            cls_index = _parse_class(cls, index_of_class)
-            if cls_index is None:
-                if line == 1 and sid not in index_of_id:
-                    continue  # header row
-                raise ValueError(
-                    f"{self.file}, line {line}: {cls!r} is neither a class name nor an index in "
-                    f"0..{len(class_names) - 1}"
-                )
-            if sid not in index_of_id:
-                raise ValueError(f"{self.file}, line {line}: id {sid!r} is not in the training split")
-            if sid in seen:
-                raise ValueError(f"{self.file}, line {line}: id {sid!r} already labelled on line {seen[sid]}")
-            seen[sid] = line
-            observed[index_of_id[sid], cls_index] = 1.0
-        missing = [sid for sid in ids if sid not in seen]
+        index_of_id = {sid: i for i, sid in enumerate(ids)}
+        index_of_class = {name: c for c, name in enumerate(class_names)}
+        header = [cell.strip() for cell in rows[0]] if rows else []
+        if "image_id" in header and "class_name" in header:
+            chosen = _read_annotation_rows(self.file, rows, index_of_id, index_of_class)
+        else:
+            chosen = _read_pair_rows(self.file, rows, index_of_id, index_of_class)
+        observed = np.zeros(targets.shape, dtype=np.float32)
+        for sid, cls_index in chosen.items():
+            if cls_index is not None:
+                observed[index_of_id[sid], cls_index] = 1.0
+        skipped = [sid for sid in ids if sid in chosen and chosen[sid] is None]
+        missing = [sid for sid in ids if sid not in chosen]
+        if not skipped and not missing:
+            return observed
+        parts = []
         if missing:
+            parts.append(f"{len(missing)} training sample(s) have no manual label (first: {missing[:5]})")
+        if skipped:
+            parts.append(f"{len(skipped)} were skipped by the annotator (first: {skipped[:5]})")
+        if self.missing == "error":
             raise ValueError(
-                f"{self.file}: {len(missing)} training sample(s) have no manual label (first: {missing[:3]})"
+                f"{self.file}: {'; '.join(parts)}. Label them (python -m splml.annotate resumes at the first "
+                "unanswered image and shows skipped ones again at the end), or set labels.missing=random to give "
+                "each of them one of its true labels at random"
             )
+        drawn = RandomSinglePositive(self.seed).observe(targets, ids=ids, class_names=class_names)
+        for sid in missing + skipped:
+            observed[index_of_id[sid]] = drawn[index_of_id[sid]]
+        log.warning(
+            "%s: %s; labels.missing=random drew their positive from the true labels (seed %d)",
+            self.file, "; ".join(parts), self.seed,
+        )  # fmt: skip
         return observed
+
+
+def _read_pair_rows(
+    file: Path, rows: list[list[str]], index_of_id: dict[str, int], index_of_class: dict[str, int]
+) -> dict[str, int]:
+    """``<id>,<class>`` rows: every id at most once."""
+    chosen: dict[str, int] = {}
+    seen: dict[str, int] = {}
+    for line, row in enumerate(rows, start=1):
+        if not row or all(not cell.strip() for cell in row):
+            continue
+        if len(row) != 2:
+            raise ValueError(f"{file}, line {line}: expected 2 fields (id, class), got {len(row)}: {row}")
+        sid, cls = row[0].strip(), row[1].strip()
+        cls_index = _parse_class(cls, index_of_class)
+        if cls_index is None:
+            if line == 1 and sid not in index_of_id:
+                continue  # header row
+            raise ValueError(
+                f"{file}, line {line}: {cls!r} is neither a class name nor an index in 0..{len(index_of_class) - 1}"
+            )
+        if sid not in index_of_id:
+            raise ValueError(f"{file}, line {line}: id {sid!r} is not in the training split")
+        if sid in seen:
+            raise ValueError(f"{file}, line {line}: id {sid!r} already labelled on line {seen[sid]}")
+        seen[sid] = line
+        chosen[sid] = cls_index
+    return chosen
+
+
+def _read_annotation_rows(
+    file: Path, rows: list[list[str]], index_of_id: dict[str, int], index_of_class: dict[str, int]
+) -> dict[str, int | None]:
+    """Rows of an annotation file (header first): the last row per id wins; an empty class is a skip."""
+    header = [cell.strip() for cell in rows[0]]
+    id_col, class_col = header.index("image_id"), header.index("class_name")
+    chosen: dict[str, int | None] = {}
+    for line, row in enumerate(rows[1:], start=2):
+        if not row or all(not cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            raise ValueError(
+                f"{file}, line {line}: expected {len(header)} fields ({','.join(header)}), got {len(row)}: {row} "
+                "(a line cut short by a crash is repaired by starting python -m splml.annotate on the file)"
+            )
+        sid, cls = row[id_col].strip(), row[class_col].strip()
+        if sid not in index_of_id:
+            raise ValueError(f"{file}, line {line}: id {sid!r} is not in the training split")
+        if not cls:
+            chosen[sid] = None
+            continue
+        cls_index = _parse_class(cls, index_of_class)
+        if cls_index is None:
+            raise ValueError(
+                f"{file}, line {line}: {cls!r} is neither a class name nor an index in 0..{len(index_of_class) - 1}"
+            )
+        chosen[sid] = cls_index
+    return chosen
 
 
 def load_single_positive_file(
