@@ -1,0 +1,7 @@
+"""Manual single-positive labels from a local web page: ``python -m splml.annotate``.
+
+:mod:`~splml.annotate.items` lists the images (exactly those ``labels=manual`` needs) and
+renders them, :mod:`~splml.annotate.store` is the crash-safe, locked annotation file,
+:mod:`~splml.annotate.session` the queue and the actions, :mod:`~splml.annotate.server` the
+HTTP server and ``static/`` the page.
+"""

@@ -1,0 +1,163 @@
+"""The images to annotate, and how each is shown.
+
+The list is exactly what ``labels=manual`` asks a label for with the same dataset options,
+taken from the datamodule itself rather than re-derived:
+
+* RGB image datasets (AID and the other image-folder and SPML-file sets): the official
+  training set as the reader loads it (``ImageDataModule.load_sources``), in its order. The
+  label source observes this pool before validation is carved out of it, so one manual file
+  serves every split seed and validation fraction; validation images are annotated too.
+* reBEN-format data (``dataset=ben``, ``dataset=synthetic``): the training split of the
+  metadata, after ``max_samples.train``, in metadata order, which is what the label source
+  observes there. Patches are shown as an RGB rendering of B04, B03, B02 with a per-band
+  percentile stretch, and the reference map (when the LMDB has maps) can be shown beside.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from splml.data.datamodule import ReBENDataModule
+from splml.data.image_datasets import ImageDataModule, read_rgb
+from splml.data.reben import DataFormatError, ReBENDataset
+from splml.data.reben_format import CLC_TO_CLASS, PATCH_SIZE, resolve_band_set
+
+log = logging.getLogger(__name__)
+
+#: Colour of each reBEN class in reference-map renderings (CLASS_NAMES order), after the CORINE
+#: Land Cover legend colour of the class's first CLC code; marine waters darker than CORINE's
+#: near-white so that it stands out from beaches.
+REBEN_CLASS_COLOURS: tuple[tuple[int, int, int], ...] = (
+    (230, 0, 77), (204, 77, 242), (255, 255, 168), (230, 128, 0), (230, 230, 77), (255, 230, 77),
+    (230, 204, 77), (242, 204, 166), (128, 255, 0), (0, 166, 0), (77, 255, 0), (204, 242, 77),
+    (166, 255, 128), (166, 242, 0), (230, 230, 230), (166, 166, 255), (204, 204, 255), (0, 204, 242),
+    (0, 90, 200),
+)  # fmt: skip
+#: Pixels whose CLC code belongs to no class.
+UNLABELLED_COLOUR: tuple[int, int, int] = (60, 60, 60)
+
+
+@dataclass
+class AnnotationItems:
+    """Ids and class names of the images to annotate, with a renderer for each.
+
+    ``render(i)`` gives the RGB image shown for item ``i``; ``class_map(i)``, when the data
+    has reference maps, an H x W array of class indices (-1 where no class applies), drawn
+    with ``class_colours``.
+    """
+
+    ids: tuple[str, ...]
+    class_names: tuple[str, ...]
+    description: str
+    render: Callable[[int], Image.Image]
+    class_map: Callable[[int], np.ndarray] | None = None
+    class_colours: tuple[tuple[int, int, int], ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if not self.ids:
+            raise ValueError(f"{self.description}: no image to annotate")
+        if len(set(self.ids)) != len(self.ids):
+            raise ValueError(f"{self.description}: image ids repeat; they must name images uniquely")
+        for text in (*self.ids, *self.class_names):
+            if any(ch in text for ch in "\r\n"):
+                raise ValueError(f"{self.description}: {text!r} contains a line break")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def has_maps(self) -> bool:
+        return self.class_map is not None
+
+    def render_map(self, i: int) -> Image.Image:
+        """The reference map of item ``i`` in class colours."""
+        if self.class_map is None:
+            raise ValueError(f"{self.description} has no reference maps")
+        classes = self.class_map(i)
+        palette = np.array([*self.class_colours, UNLABELLED_COLOUR], dtype=np.uint8)
+        return Image.fromarray(palette[np.where(classes < 0, len(self.class_colours), classes)])
+
+    def map_classes(self, i: int) -> list[int]:
+        """Class indices present in the reference map of item ``i``, most pixels first; -1 stands
+        for pixels of no class."""
+        if self.class_map is None:
+            return []
+        values, counts = np.unique(self.class_map(i), return_counts=True)
+        return [int(values[k]) for k in np.argsort(-counts, kind="stable")]
+
+
+def percentile_stretch(bands: np.ndarray, low: float = 2.0, high: float = 98.0) -> np.ndarray:
+    """C x H x W values -> H x W x C uint8, each band stretched from its ``low`` to ``high`` percentile.
+
+    A flat band (both percentiles equal) maps to black rather than dividing by zero.
+    """
+    if not 0 <= low < high <= 100:
+        raise ValueError(f"stretch percentiles must satisfy 0 <= low < high <= 100, got {low}, {high}")
+    bands = np.asarray(bands, dtype=np.float64)
+    lo = np.percentile(bands, low, axis=(1, 2), keepdims=True)
+    hi = np.percentile(bands, high, axis=(1, 2), keepdims=True)
+    scaled = (bands - lo) / np.where(hi > lo, hi - lo, 1.0)
+    return np.round(np.clip(scaled, 0.0, 1.0) * 255).astype(np.uint8).transpose(1, 2, 0)
+
+
+def _clc_lookup() -> np.ndarray:
+    lookup = np.full(2**16, -1, dtype=np.int16)
+    for code, cls in CLC_TO_CLASS.items():
+        lookup[code] = cls
+    return lookup
+
+
+def items_from_datamodule(datamodule: Any, stretch: Sequence[float] = (2.0, 98.0)) -> AnnotationItems:
+    """The annotation items of a datamodule built from a dataset config (see the module docstring)."""
+    if isinstance(datamodule, ImageDataModule):
+        pool, _ = datamodule.load_sources()
+        paths = pool.paths
+        return AnnotationItems(
+            ids=tuple(pool.ids),
+            class_names=tuple(datamodule.class_names),
+            description=f"{datamodule.display_name} official training set ({Path(datamodule.root).name})",
+            render=lambda i: read_rgb(paths[i]),
+        )
+    if isinstance(datamodule, ReBENDataModule):
+        return _reben_items(datamodule, stretch)
+    raise TypeError(f"{type(datamodule).__name__} is not a datamodule splml.annotate knows how to show")
+
+
+def _reben_items(datamodule: ReBENDataModule, stretch: Sequence[float]) -> AnnotationItems:
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    train: ReBENDataset = datamodule.datasets["train"]
+    low, high = (float(v) for v in stretch)
+    percentile_stretch(np.zeros((1, 1, 1)), low, high)  # a bad stretch fails now, not at the first image
+    root = datamodule.resolve_root()
+    rgb = ReBENDataset(
+        root, "train", bands=resolve_band_set("rgb"), image_size=PATCH_SIZE, normalize=False,
+        lmdb_path=train.lmdb_path, metadata_path=train.metadata_path,
+        records=train.records,
+    )  # fmt: skip
+    lookup = _clc_lookup()
+
+    def class_map(i: int) -> np.ndarray:
+        return lookup[train.read_reference_map(i)]
+
+    try:
+        train.read_reference_map(0)
+        has_maps = True
+    except (KeyError, DataFormatError) as exc:
+        log.info("no reference maps in %s (%s): the map view is off", train.lmdb_path, exc)
+        has_maps = False
+    return AnnotationItems(
+        ids=tuple(r.patch_id for r in train.records),
+        class_names=tuple(datamodule.class_names),
+        description=f"reBEN-format training split ({root.name})",
+        render=lambda i: Image.fromarray(percentile_stretch(rgb.read_bands(i).numpy(), low, high)),
+        class_map=class_map if has_maps else None,
+        class_colours=REBEN_CLASS_COLOURS,
+    )
