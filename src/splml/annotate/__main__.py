@@ -34,8 +34,9 @@ def build_items(cfg: DictConfig) -> AnnotationItems:
 
 def open_server(cfg: DictConfig) -> AnnotationServer:
     """Everything but serving: the items, the locked annotation file, the session, the bound socket."""
+    out = cfg.out  # a missing out= fails before the dataset is read
     items = build_items(cfg)
-    annotations = AnnotationLog(cfg.out, items.ids, items.class_names)
+    annotations = AnnotationLog(out, items.ids, items.class_names)
     try:
         if annotations.repaired:
             log.warning(
