@@ -1,7 +1,9 @@
 """Evaluate a trained checkpoint: ``python -m splml.eval ckpt_path=<run>/checkpoints/best.ckpt``.
 
 The run's resolved config travels inside the checkpoint, so nothing but the checkpoint is
-needed; ``dataset_overrides.<key>=...`` adapts the data paths to another machine.
+needed; ``dataset_overrides.<key>=...`` adapts the data paths to another machine. The run's task
+decides the evaluation: classification metrics, or retrieval of the split's images from the
+training split (``retrieval_grid.png`` is then written into this command's run folder).
 """
 
 from __future__ import annotations
@@ -60,12 +62,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         Path(cfg.output_file) if cfg.get("output_file") else ckpt_path.parent.parent / f"eval_{cfg.split}_results.json"
     )
     out.write_text(json.dumps(results, indent=2))
-    log.info(
-        "%s mAP macro %.2f -> %s",
-        cfg.split,
-        metrics[f"{'test' if cfg.split == 'test' else 'validation'}/mAP_macro"],
-        out,
-    )
+    prefix = "test" if cfg.split == "test" else "validation"
+    summary = [k.replace("test/", f"{prefix}/", 1) for k in module.summary_metrics]
+    log.info("%s -> %s", " | ".join(f"{k} {metrics[k]:.2f}" for k in summary if k in metrics), out)
     return results
 
 

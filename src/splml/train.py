@@ -1,8 +1,10 @@
 """Train one model: ``python -m splml.train dataset=synthetic labels=random loss=an``.
 
 Writes into the run directory: the resolved config (``.hydra/``), checkpoints (``best.ckpt``
-chosen on validation macro mAP, ``last.ckpt`` for resuming), metrics per epoch (``csv/``), the
-observed training labels, and ``results.json`` with the test metrics of the best checkpoint.
+chosen on the task's validation metric, ``callbacks.model_checkpoint.monitor``; ``last.ckpt``
+for resuming), metrics per epoch (``csv/``), the observed training labels, and ``results.json``
+with the test metrics of the best checkpoint. The task (``task=``) decides the model and the
+evaluation; this script only runs it.
 """
 
 from __future__ import annotations
@@ -83,14 +85,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     results: dict[str, Any] = {
         **_finite(module.last_test_metrics),
-        "val/mAP_macro_best": float(best_score) if best_score is not None else None,
+        # e.g. val/mAP_macro_best (classification), val/mAP@100_best (retrieval)
+        f"{best.monitor}_best": float(best_score) if best_score is not None else None,
+        "best_metric": best.monitor,
+        "summary_metrics": list(module.summary_metrics),
         "best_epoch": best_ckpt,
         "best_checkpoint": str(best_path),
         "seed": int(cfg.seed),
         "choices": run_choices(cfg),
         "config": {
             k: OmegaConf.to_container(cfg[k], resolve=True)
-            for k in ("dataset", "labels", "loss", "backbone", "head", "optim")
+            for k in ("task", "dataset", "labels", "loss", "backbone", "head", "optim")
         },
         "class_names": list(datamodule.class_names),
         "class_order": "original",
@@ -100,12 +105,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     }
     if trainer.is_global_zero:
         (output_dir / "results.json").write_text(json.dumps(results, indent=2))
-        log.info(
-            "test mAP macro %.2f | micro %.2f | F1 macro %.2f (best epoch %s) -> %s",
-            results["test/mAP_macro"], results["test/mAP_micro"], results["test/F1_macro"],
-            results["best_epoch"], output_dir / "results.json",
-        )  # fmt: skip
+        summary = " | ".join(f"{k} {results[k]:.2f}" for k in module.summary_metrics if results.get(k) is not None)
+        log.info("%s (best epoch %s) -> %s", summary, results["best_epoch"], output_dir / "results.json")
     return results
+
+
+def best_score(results: dict[str, Any]) -> float | None:
+    """The validation score the best checkpoint was chosen on (what Hydra sweepers maximise)."""
+    return results.get(f"{results.get('best_metric', 'val/mAP_macro')}_best")
 
 
 def _read_best_epoch(path: str) -> int | None:
@@ -137,7 +144,7 @@ def main(cfg: DictConfig) -> float | None:
         previous = json.loads(done.read_text())
         if previous.get("status") == "completed":
             log.info("skip_completed: %s already holds a completed run", done.parent)
-            return previous.get("val/mAP_macro_best")
+            return best_score(previous)
     try:
         results = train(cfg)
     except Exception as exc:
@@ -146,7 +153,7 @@ def main(cfg: DictConfig) -> float | None:
             return None
         raise
     # Returned for Hydra sweepers (Optuna maximises the validation score).
-    return results.get("val/mAP_macro_best")
+    return best_score(results)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ from splml.data.reben import ReBENDataset, read_metadata, reference_map_to_class
 from splml.data.reben_format import CLASS_NAMES, METADATA_FILE, PATCH_SIZE, resolve_band_set
 from splml.data.sampler import EpochSeededSampler
 from splml.data.transforms import RecordedSpatialAugment
+from splml.data.views import MultiViewDataset
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +29,13 @@ class SplitDataModule(L.LightningDataModule):
     :class:`EpochSeededSampler`, which also splits the data across DDP ranks, so the training
     order and augmentation draws depend only on (seed, epoch, index) and every sample is
     evaluated exactly once.
+
+    ``train_views`` > 1 (set with :meth:`set_train_views`; contrastive training) makes every
+    training item carry that many augmented views of its image (:class:`MultiViewDataset`).
     """
+
+    #: Augmented views per training image (1 = the plain batch contract).
+    train_views: int = 1
 
     def __init__(
         self,
@@ -47,12 +55,21 @@ class SplitDataModule(L.LightningDataModule):
         self.seed = int(seed)
         self.datasets: dict[str, Any] = {}
 
-    def _loader(self, split: str, *, train: bool) -> DataLoader:
-        dataset = self.datasets[split]
-        trainer = getattr(self, "trainer", None)
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+    def set_train_views(self, views: int) -> None:
+        """Deliver ``views`` augmented views per training image (a B x V x C x H x W batch) from now on."""
+        if int(views) != views or views < 1:
+            raise ValueError(f"train_views must be a positive integer, got {views!r}")
+        self.train_views = int(views)
+
+    def _loader(
+        self, split: str, *, train: bool, dataset: Any = None, rank: int | None = None, world_size: int | None = None
+    ) -> DataLoader:
+        dataset = self.datasets[split] if dataset is None else dataset
+        if rank is None or world_size is None:
+            trainer = getattr(self, "trainer", None)
+            rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         # Trainers set use_distributed_sampler=false: this sampler splits across ranks itself.
-        sampler = EpochSeededSampler(len(dataset), seed=self.seed, shuffle=train, rank=rank, world_size=world)
+        sampler = EpochSeededSampler(len(dataset), seed=self.seed, shuffle=train, rank=rank, world_size=world_size)
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
@@ -64,13 +81,35 @@ class SplitDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
+        train = self.datasets["train"]
+        if self.train_views > 1:
+            train = MultiViewDataset(train, self.train_views)
+        return self._loader("train", train=True, dataset=train)
+
+    def database_dataloader(self, rank: int = 0, world_size: int = 1) -> DataLoader:
+        """The training split without augmentation, in order: the database of retrieval evaluation.
+
+        Split across ranks like the evaluation loaders (the caller gathers and deduplicates). Built
+        once per (rank, world size) and reused, so persistent workers are not restarted each epoch.
+        """
+        cache = self.__dict__.setdefault("_database_loaders", {})
+        if (rank, world_size) not in cache:
+            cache[rank, world_size] = self._loader("train", train=False, dataset=without_augmentation(
+                self.datasets["train"]), rank=rank, world_size=world_size)  # fmt: skip
+        return cache[rank, world_size]
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("validation", train=False)
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", train=False)
+
+
+def without_augmentation(dataset: Any) -> Any:
+    """A shallow copy of ``dataset`` that renders every item as evaluation does (no ``transform``)."""
+    plain = copy.copy(dataset)
+    plain.transform = None
+    return plain
 
 
 class ReBENDataModule(SplitDataModule):

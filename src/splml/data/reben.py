@@ -438,6 +438,12 @@ class ReBENDataset(torch.utils.data.Dataset):
     def class_names(self) -> tuple[str, ...]:
         return CLASS_NAMES
 
+    def display_image(self, i: int) -> np.ndarray:
+        """Patch ``i`` as an ``H x W x 3`` uint8 picture (true colour with a percentile stretch; figures only)."""
+        from splml.data.display import multispectral_rgb
+
+        return multispectral_rgb(self.read_bands(i, normalize=False).numpy(), self.bands)
+
     def set_observed(self, observed: np.ndarray) -> None:
         """Install observed labels (N x 19, values in {-1, 0, 1}); validated against the split size."""
         observed = np.asarray(observed, dtype=np.float32)
