@@ -44,6 +44,7 @@ def test_groups_are_present():
         "head": {"linear"},
         "loss": {"full", "an"},
         "debug": {"fast"},
+        "task": {"classification", "retrieval"},
     }.items():
         assert expected <= set(options(group)), group
 

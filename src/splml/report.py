@@ -9,7 +9,7 @@ With ``--out`` it also writes what goes into a paper or a review without re-plot
 LaTeX table (``table.tex``), the papers' layout of the first metric (``table_wide.md``/``.tex``:
 methods as rows, one column per dataset and label mode), a per-class AP table per (dataset,
 labels) block, and PNG figures (method means with std error bars and every seed, per-class AP
-heat map, validation mAP curves, and the extra-positive precision/recall curves of the methods
+heat map, validation curves of the metric the best checkpoint was chosen on, and the extra-positive precision/recall curves of the methods
 that log them). Curves come from each
 run's ``csv/metrics.csv``; a run without it is simply left out of the curves.
 """
@@ -31,7 +31,10 @@ from typing import Any
 
 from splml.utils.naming import method_name
 
+#: Columns for runs whose results.json predates ``summary_metrics`` (classification runs).
 DEFAULT_METRICS = ("test/mAP_macro", "test/mAP_micro", "test/F1_macro")
+#: Curve column for runs whose results.json predates ``best_metric``.
+DEFAULT_SELECTION_METRIC = "val/mAP_macro"
 GROUP_KEYS = ("dataset", "labels", "loss", "backbone")
 
 
@@ -89,6 +92,30 @@ def group_runs(files: Iterable[Path]) -> dict[tuple[str, ...], RunGroup]:
             group.results.append(result)
             group.run_dirs.append(path.parent)
     return groups
+
+
+def _completed(groups: dict[tuple[str, ...], RunGroup]) -> list[dict[str, Any]]:
+    return [result for key in sorted(groups) for result in groups[key].results]
+
+
+def default_metrics(groups: dict[tuple[str, ...], RunGroup]) -> list[str]:
+    """The table's columns when none are asked for: what the runs name as their summary.
+
+    Each results.json lists its task's ``summary_metrics`` (classification: macro/micro mAP and
+    F1; retrieval: mAP@K, mAP@all, nDCG@K, WAP@K); their union in order of appearance, or
+    :data:`DEFAULT_METRICS` for runs written before results named them.
+    """
+    metrics: list[str] = []
+    for result in _completed(groups):
+        for metric in result.get("summary_metrics") or DEFAULT_METRICS:
+            if metric not in metrics:
+                metrics.append(metric)
+    return metrics or list(DEFAULT_METRICS)
+
+
+def selection_metric(groups: dict[tuple[str, ...], RunGroup]) -> str:
+    """The validation metric the runs chose their best checkpoint on (the curves' column)."""
+    return next((r["best_metric"] for r in _completed(groups) if r.get("best_metric")), DEFAULT_SELECTION_METRIC)
 
 
 def format_table(groups: dict[tuple[str, ...], RunGroup], metrics: Sequence[str]) -> list[str]:
@@ -376,7 +403,8 @@ def write_plots(groups: dict[tuple[str, ...], RunGroup], metric: str, out: Path)
             ax.set_title(f"{title}: per-class AP (mean over seeds)")
             save(fig, f"per_class_AP_{suffix}.png")
 
-        curves = [(g, mean_curve(g, "val/mAP_macro")) for g in sorted(members, key=lambda g: g.key[2:])]
+        curve_column = selection_metric(groups)
+        curves = [(g, mean_curve(g, curve_column)) for g in sorted(members, key=lambda g: g.key[2:])]
         curves = [(g, c) for g, c in curves if c[0]]
         if curves:
             fig, ax = plt.subplots(figsize=(7 + 1.2 * (len(curves) > 12), 4))
@@ -384,7 +412,7 @@ def write_plots(groups: dict[tuple[str, ...], RunGroup], metric: str, out: Path)
                 ax.plot(epochs, values, label=label(group), **line_style(i))
             ax.set_xlabel("epoch")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.set_ylabel("val/mAP_macro (mean over seeds)")
+            ax.set_ylabel(f"{curve_column} (mean over seeds)")
             ax.set_title(f"{title}: training curves")
             ax.legend(fontsize=7, ncol=1 + (len(curves) > 12), loc="upper left", bbox_to_anchor=(1.01, 1.0))
             save(fig, f"curves_{suffix}.png")
@@ -467,11 +495,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m splml.report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("paths", nargs="+", help="run or sweep folders, results.json files, or globs")
-    parser.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS))
+    parser.add_argument("--metrics", nargs="+", default=None,
+                        help="columns (the first one ranks and plots); default: the runs' summary_metrics")  # fmt: skip
     parser.add_argument("--out", type=Path, default=None,
                         help="folder for table.md/.csv/.tex, per-class AP tables and PNG figures")  # fmt: skip
     args = parser.parse_args(argv)
     groups = group_runs(find_results(args.paths))
+    args.metrics = args.metrics or default_metrics(groups)
     lines = format_table(groups, args.metrics)
     failures = [f for g in groups.values() for f in g.failed]
     if failures:
