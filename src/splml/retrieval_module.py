@@ -16,6 +16,7 @@ database item counts once (DDP padding removed). The test epoch also draws
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -84,12 +85,13 @@ class RetrievalModule(SPMLTrainingModule):
         loader = self.database(self.global_rank, world)
         was_training = self.model.training
         self.model.eval()
-        for batch in loader:
-            image = batch["image"].to(self.device)
-            embedding = self.model(image)["embedding"]
-            self.database_items.update(
-                embedding.float(), batch["target"].to(self.device), batch["index"].to(self.device)
-            )
+        # The precision (autocast) context of the evaluation steps, so queries and database match.
+        precision = self.trainer.precision_plugin if self._trainer is not None else None
+        with precision.forward_context() if precision is not None else contextlib.nullcontext():
+            for batch in loader:
+                embedding = self.model(batch["image"].to(self.device))["embedding"]
+                target, index = batch["target"].to(self.device), batch["index"].to(self.device)
+                self.database_items.update(embedding.float(), target, index)
         self.model.train(was_training)
         embeddings, labels, indices = self.database_items.compute()
         self.database_items.reset()

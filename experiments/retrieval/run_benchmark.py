@@ -1,0 +1,85 @@
+"""Retrieval comparison on the synthetic dataset: the Hydra sweep, the archive, then the report.
+
+    python experiments/retrieval/run_benchmark.py [--seeds 1 2 3] [--losses supcon macl ...]
+        [--labels full random] [--jobs 2] [--report-only]
+
+One sweep of experiment=retrieval_synthetic (ResNet-10t from scratch, 48 px, 8 epochs, two
+views per image; 200 test patches query 600 training patches) over the contrastive losses,
+label modes and seeds, in logs/bench/retrieval_synthetic. Runs are named by their
+overrides and ``skip_completed=true`` skips finished ones, so re-running the command only trains
+what is missing or failed.
+
+Each finished run's ``results.json`` and ``csv/metrics.csv`` are copied to
+``experiments/retrieval/runs/`` (and back before a sweep starts: a sweep interrupted on one
+machine resumes on another). The report reads the archive and writes
+experiments/retrieval/comparison/; its table also goes into experiments/retrieval/README.md,
+between the BEGIN/END ``retrieval`` markers.
+
+``--jobs N`` runs N trainings at once (Hydra's joblib launcher), each with cores/N threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from splml.utils.archive import sync_runs
+from splml.utils.markdown import write_generated_block
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+LOSSES = ["supcon", "jaccard_supcon", "mulsupcon", "macl"]
+#: Columns of the table: the first ranks the methods and is plotted.
+METRICS = ["test/mAP@100", "test/mAP@all", "test/precision@100", "test/nDCG@100", "test/ACG@100", "test/WAP@100"]
+
+
+def sweep_command(args: argparse.Namespace) -> list[str]:
+    launcher = ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.jobs}"] if args.jobs > 1 else []
+    return [
+        sys.executable, "-m", "splml.train", "-m", "experiment=retrieval_synthetic", "skip_completed=true", *launcher,
+        f"hydra.sweep.dir={args.sweep_dir}", "hydra.sweep.subdir=${hydra.job.override_dirname}",
+        # Seeds vary slowest, so a sweep cut short still has every loss at the first seeds.
+        f"seed={','.join(map(str, args.seeds))}", f"labels={','.join(args.labels)}", f"loss={','.join(args.losses)}",
+        *args.overrides,
+    ]  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--losses", nargs="+", default=LOSSES)
+    parser.add_argument("--labels", nargs="+", default=["full"], help="label modes (random: single positives)")
+    parser.add_argument("--jobs", type=int, default=1, help="trainings at once (joblib launcher)")
+    parser.add_argument("--sweep-dir", type=Path, default=REPO / "logs" / "bench" / "retrieval_synthetic")
+    parser.add_argument("--archive", type=Path, default=HERE / "runs")
+    parser.add_argument("--out", type=Path, default=HERE / "comparison", help="folder the report is written to")
+    parser.add_argument("--report-only", action="store_true", help="write the report from the archive, train nothing")
+    parser.add_argument("--overrides", nargs="*", default=[], help="extra Hydra overrides for every run")
+    args = parser.parse_args()
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if args.jobs > 1:
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.jobs)))
+    if not args.report_only:
+        print(f"restored {sync_runs(args.archive, args.sweep_dir)} archived files into {args.sweep_dir}", flush=True)
+        cmd = sweep_command(args)
+        try:
+            print("+", " ".join(cmd), flush=True)
+            subprocess.run(cmd, check=True, cwd=REPO, env=env)
+        finally:
+            print(f"archived {sync_runs(args.sweep_dir, args.archive)} files into {args.archive}", flush=True)
+    report = [sys.executable, "-m", "splml.report", str(args.archive), "--out", str(args.out), "--metrics", *METRICS]
+    print("+", " ".join(report), flush=True)
+    subprocess.run(report, check=True, cwd=REPO)
+    runs = sum(1 for _ in args.archive.glob("*/results.json"))
+    table = (args.out / "table.md").read_text()
+    source = f"`{args.archive.resolve().relative_to(REPO)}/` ({runs} runs)"
+    write_generated_block(HERE / "README.md", "retrieval", f"{table}\nFrom {source}.")
+    print(f"wrote the table into {HERE / 'README.md'} (block retrieval)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
