@@ -20,7 +20,7 @@ from splml.data.views import MultiViewDataset
 from splml.models.projection import ProjectionHead, RetrievalModel
 from splml.report import main as report_main
 from splml.retrieval_module import RetrievalModule
-from splml.train import train
+from splml.train import best_score, train
 
 from .helpers import TINY_DATA, compose_train, run_train_cli
 from .test_image_datasets import aid_label_rows, write_image
@@ -160,6 +160,11 @@ def test_every_retrieval_loss_builds_the_retrieval_module(tmp_path, retrieval_da
                               retrieval_datamodule)  # fmt: skip
         assert isinstance(module, RetrievalModule) and module.loss.name == loss
         assert module.summary_metrics[0] == "test/mAP@100"
+
+
+def test_the_best_score_is_read_under_the_metric_the_run_names():
+    assert best_score({"best_metric": "val/mAP@100", "val/mAP@100_best": 41.5, "val/mAP_macro_best": 3.0}) == 41.5
+    assert best_score({"val/mAP_macro_best": 62.0}) == 62.0, "results written before best_metric existed"
 
 
 # --------------------------------------------------------------------------- whole runs

@@ -41,7 +41,6 @@ def sweep_command(args: argparse.Namespace) -> list[str]:
     return [
         sys.executable, "-m", "splml.train", "-m", "experiment=retrieval_synthetic", "skip_completed=true", *launcher,
         f"hydra.sweep.dir={args.sweep_dir}", "hydra.sweep.subdir=${hydra.job.override_dirname}",
-        # Seeds vary slowest, so a sweep cut short still has every loss at the first seeds.
         f"seed={','.join(map(str, args.seeds))}", f"labels={','.join(args.labels)}", f"loss={','.join(args.losses)}",
         *args.overrides,
     ]  # fmt: skip
