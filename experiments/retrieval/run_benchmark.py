@@ -9,6 +9,10 @@ label modes and seeds, in logs/bench/retrieval_synthetic. Runs are named by thei
 overrides and ``skip_completed=true`` skips finished ones, so re-running the command only trains
 what is missing or failed.
 
+As a reference for what training adds, the same model is also evaluated untrained: one epoch at
+learning rate 0 per seed (weights at their random initialisation, batch-norm statistics of the
+training data), archived in ``experiments/retrieval/untrained/`` and shown under the table.
+
 Each finished run's ``results.json`` and ``csv/metrics.csv`` are copied to
 ``experiments/retrieval/runs/`` (and back before a sweep starts: a sweep interrupted on one
 machine resumes on another). The report reads the archive and writes
@@ -21,7 +25,9 @@ between the BEGIN/END ``retrieval`` markers.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +52,33 @@ def sweep_command(args: argparse.Namespace) -> list[str]:
     ]  # fmt: skip
 
 
+def train_untrained_reference(args: argparse.Namespace, env: dict[str, str]) -> None:
+    """One lr = 0 epoch per seed (skipped when archived): the untrained network's retrieval metrics."""
+    for seed in args.seeds:
+        if (args.untrained / f"seed={seed}" / "results.json").is_file():
+            continue
+        run_dir = args.sweep_dir.parent / f"{args.sweep_dir.name}_untrained" / f"seed={seed}"
+        cmd = [sys.executable, "-m", "splml.train", "experiment=retrieval_synthetic", "labels=full", "optim.lr=0",
+               "trainer.max_epochs=1", "task.module.grid_queries=0", f"seed={seed}", f"hydra.run.dir={run_dir}",
+               *args.overrides]  # fmt: skip
+        print("+", " ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True, cwd=REPO, env=env)
+        sync_runs(run_dir.parent, args.untrained)
+
+
+def untrained_row(folder: Path) -> str:
+    """The reference as a row of the report's table (mean ± std over seeds), or "" when none was run."""
+    results = [json.loads(p.read_text()) for p in sorted(folder.glob("*/results.json"))]
+    if not results:
+        return ""
+    cells = []
+    for metric in METRICS:
+        values = [r[metric] for r in results]
+        cells.append(f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1
+                     else f"{values[0]:.2f}")  # fmt: skip
+    return f"| synthetic | full | untrained (lr = 0) | resnet10t | {' | '.join(cells)} | {len(results)} |"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
@@ -54,6 +87,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="trainings at once (joblib launcher)")
     parser.add_argument("--sweep-dir", type=Path, default=REPO / "logs" / "bench" / "retrieval_synthetic")
     parser.add_argument("--archive", type=Path, default=HERE / "runs")
+    parser.add_argument("--untrained", type=Path, default=HERE / "untrained", help="archive of the reference runs")
     parser.add_argument("--out", type=Path, default=HERE / "comparison", help="folder the report is written to")
     parser.add_argument("--report-only", action="store_true", help="write the report from the archive, train nothing")
     parser.add_argument("--overrides", nargs="*", default=[], help="extra Hydra overrides for every run")
@@ -70,13 +104,19 @@ def main() -> None:
             subprocess.run(cmd, check=True, cwd=REPO, env=env)
         finally:
             print(f"archived {sync_runs(args.sweep_dir, args.archive)} files into {args.archive}", flush=True)
+        train_untrained_reference(args, env)
     report = [sys.executable, "-m", "splml.report", str(args.archive), "--out", str(args.out), "--metrics", *METRICS]
     print("+", " ".join(report), flush=True)
     subprocess.run(report, check=True, cwd=REPO)
     runs = sum(1 for _ in args.archive.glob("*/results.json"))
-    table = (args.out / "table.md").read_text()
-    source = f"`{args.archive.resolve().relative_to(REPO)}/` ({runs} runs)"
-    write_generated_block(HERE / "README.md", "retrieval", f"{table}\nFrom {source}.")
+    # table.md: the table, then (after a blank line) the failed runs if any; the reference row joins the table.
+    table, _, failures = (args.out / "table.md").read_text().strip().partition("\n\n")
+    reference = untrained_row(args.untrained)
+    source = f"From `{args.archive.resolve().relative_to(REPO)}/` ({runs} runs)"
+    if reference:
+        table += "\n" + reference
+        source += f" and `{args.untrained.resolve().relative_to(REPO)}/`"
+    write_generated_block(HERE / "README.md", "retrieval", "\n\n".join(p for p in (table, failures, source + ".") if p))
     print(f"wrote the table into {HERE / 'README.md'} (block retrieval)", flush=True)
 
 

@@ -54,6 +54,8 @@ class SplitDataModule(L.LightningDataModule):
         self.persistent_workers = persistent_workers and num_workers > 0
         self.seed = int(seed)
         self.datasets: dict[str, Any] = {}
+        # Database loaders by (rank, world size), reused across evaluations.
+        self._database_loaders: dict[tuple[int, int], DataLoader] = {}
 
     def set_train_views(self, views: int) -> None:
         """Deliver ``views`` augmented views per training image (a B x V x C x H x W batch) from now on."""
@@ -92,11 +94,13 @@ class SplitDataModule(L.LightningDataModule):
         Split across ranks like the evaluation loaders (the caller gathers and deduplicates). Built
         once per (rank, world size) and reused, so persistent workers are not restarted each epoch.
         """
-        cache = self.__dict__.setdefault("_database_loaders", {})
-        if (rank, world_size) not in cache:
-            cache[rank, world_size] = self._loader("train", train=False, dataset=without_augmentation(
-                self.datasets["train"]), rank=rank, world_size=world_size)  # fmt: skip
-        return cache[rank, world_size]
+        key = (rank, world_size)
+        if key not in self._database_loaders:
+            plain = without_augmentation(self.datasets["train"])
+            self._database_loaders[key] = self._loader(
+                "train", train=False, dataset=plain, rank=rank, world_size=world_size
+            )
+        return self._database_loaders[key]
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("validation", train=False)
