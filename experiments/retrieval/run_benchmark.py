@@ -1,11 +1,13 @@
 """Retrieval comparison on the synthetic dataset: the Hydra sweep, the archive, then the report.
 
     python experiments/retrieval/run_benchmark.py [--seeds 1 2 3] [--losses supcon macl ...]
-        [--labels full random] [--jobs 2] [--report-only]
+        [--macl-variants macl_no_weighting ...] [--labels full random] [--jobs 2] [--report-only]
 
 One sweep of experiment=retrieval_synthetic (ResNet-10t from scratch, 48 px, 8 epochs, two
 views per image; 200 test patches query 600 training patches) over the contrastive losses,
-label modes and seeds, in logs/bench/retrieval_synthetic. Runs are named by their
+label modes and seeds, in logs/bench/retrieval_synthetic, and one of MACL's ablation variants
+(``ablation=macl_no_weighting`` and ``macl_fixed_temperature``, each reported as its own
+method) in the same folder. Runs are named by their
 overrides and ``skip_completed=true`` skips finished ones, so re-running the command only trains
 what is missing or failed.
 
@@ -38,17 +40,17 @@ from splml.utils.markdown import write_generated_block
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 LOSSES = ["supcon", "jaccard_supcon", "mulsupcon", "macl"]
+MACL_VARIANTS = ["macl_no_weighting", "macl_fixed_temperature"]
 #: Columns of the table: the first ranks the methods and is plotted.
 METRICS = ["test/mAP@100", "test/mAP@all", "test/precision@100", "test/nDCG@100", "test/ACG@100", "test/WAP@100"]
 
 
-def sweep_command(args: argparse.Namespace) -> list[str]:
+def sweep_command(args: argparse.Namespace, *varied: str) -> list[str]:
     launcher = ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.jobs}"] if args.jobs > 1 else []
     return [
         sys.executable, "-m", "splml.train", "-m", "experiment=retrieval_synthetic", "skip_completed=true", *launcher,
         f"hydra.sweep.dir={args.sweep_dir}", "hydra.sweep.subdir=${hydra.job.override_dirname}",
-        f"seed={','.join(map(str, args.seeds))}", f"labels={','.join(args.labels)}", f"loss={','.join(args.losses)}",
-        *args.overrides,
+        f"seed={','.join(map(str, args.seeds))}", f"labels={','.join(args.labels)}", *varied, *args.overrides,
     ]  # fmt: skip
 
 
@@ -82,7 +84,8 @@ def untrained_row(folder: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--losses", nargs="+", default=LOSSES)
+    parser.add_argument("--losses", nargs="*", default=LOSSES, help="losses of the main sweep (none: skip it)")
+    parser.add_argument("--macl-variants", nargs="*", default=MACL_VARIANTS, help="MACL ablation variants (none: skip)")
     parser.add_argument("--labels", nargs="+", default=["full"], help="label modes (random: single positives)")
     parser.add_argument("--jobs", type=int, default=1, help="trainings at once (joblib launcher)")
     parser.add_argument("--sweep-dir", type=Path, default=REPO / "logs" / "bench" / "retrieval_synthetic")
@@ -98,10 +101,15 @@ def main() -> None:
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.jobs)))
     if not args.report_only:
         print(f"restored {sync_runs(args.archive, args.sweep_dir)} archived files into {args.sweep_dir}", flush=True)
-        cmd = sweep_command(args)
+        sweeps = []
+        if args.losses:
+            sweeps.append(sweep_command(args, f"loss={','.join(args.losses)}"))
+        if args.macl_variants:
+            sweeps.append(sweep_command(args, "loss=macl", f"ablation={','.join(args.macl_variants)}"))
         try:
-            print("+", " ".join(cmd), flush=True)
-            subprocess.run(cmd, check=True, cwd=REPO, env=env)
+            for cmd in sweeps:
+                print("+", " ".join(cmd), flush=True)
+                subprocess.run(cmd, check=True, cwd=REPO, env=env)
         finally:
             print(f"archived {sync_runs(args.sweep_dir, args.archive)} files into {args.archive}", flush=True)
         train_untrained_reference(args, env)
