@@ -142,6 +142,18 @@ def test_task_defaults_classification_and_retrieval_changes_what_differs(tmp_pat
 
 
 @pytest.mark.parametrize(
+    ("ablation", "changed"),
+    [("macl_no_weighting", {"weighting": False}), ("macl_fixed_temperature", {"alpha": 0.0, "beta": 0.0})],
+)
+def test_macl_ablation_variants_switch_off_one_part_each(tmp_path, ablation, changed):
+    full = _compose(tmp_path, "experiment=retrieval_synthetic", "loss=macl").loss
+    variant = _compose(tmp_path, "experiment=retrieval_synthetic", "loss=macl", f"ablation={ablation}").loss
+    assert {k: variant[k] for k in changed} == changed
+    assert {k: v for k, v in variant.items() if k not in changed} == {k: v for k, v in full.items() if k not in changed}
+    assert {k: full[k] for k in changed} != changed
+
+
+@pytest.mark.parametrize(
     ("overrides", "message"),
     [
         (["loss=macl"], "loss=macl is a contrastive retrieval loss and needs task=retrieval"),
