@@ -57,9 +57,9 @@ def sweep_command(args: argparse.Namespace, *varied: str) -> list[str]:
 def train_untrained_reference(args: argparse.Namespace, env: dict[str, str]) -> None:
     """One lr = 0 epoch per seed (skipped when archived): the untrained network's retrieval metrics."""
     for seed in args.seeds:
-        if (args.untrained / f"seed={seed}" / "results.json").is_file():
+        if (args.untrained / f"seed_{seed}" / "results.json").is_file():
             continue
-        run_dir = args.sweep_dir.parent / f"{args.sweep_dir.name}_untrained" / f"seed={seed}"
+        run_dir = args.sweep_dir.parent / f"{args.sweep_dir.name}_untrained" / f"seed_{seed}"
         cmd = [sys.executable, "-m", "splml.train", "experiment=retrieval_synthetic", "labels=full", "optim.lr=0",
                "trainer.max_epochs=1", "task.module.grid_queries=0", f"seed={seed}", f"hydra.run.dir={run_dir}",
                *args.overrides]  # fmt: skip
