@@ -78,7 +78,7 @@ def untrained_row(folder: Path) -> str:
         values = [r[metric] for r in results]
         cells.append(f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1
                      else f"{values[0]:.2f}")  # fmt: skip
-    return f"| synthetic | full | untrained (lr = 0) | resnet10t | {' | '.join(cells)} | {len(results)} |"
+    return f"| synthetic | (none) | untrained (lr = 0) | resnet10t | {' | '.join(cells)} | {len(results)} |"
 
 
 def main() -> None:
