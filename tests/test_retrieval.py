@@ -192,7 +192,7 @@ def retrieval_run(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("retrieval_cli")
     run_dir = base / "run"
     run_train_cli(base, "task=retrieval", "loss=macl", "labels=random", "trainer.max_epochs=2",
-                  "dataset.datamodule.image_size=48", *TINY_DATA, f"paths.cache_dir={base / 'cache'}",
+                  "dataset.datamodule.image_size=32", *TINY_DATA, f"paths.cache_dir={base / 'cache'}",
                   f"hydra.run.dir={run_dir}", "seed=2")  # fmt: skip
     return run_dir
 
