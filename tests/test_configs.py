@@ -40,8 +40,8 @@ def test_groups_are_present():
         "labels": {"random", "dominant", "full", "manual"},
         "trainer": {"cpu", "gpu", "ddp", "ddp_cpu"},
         "logger": {"csv", "wandb", "tensorboard"},
-        "backbone": {"resnet18"},
-        "head": {"linear"},
+        "backbone": {"resnet18", "resnet101"},
+        "head": {"linear", "boostlu", "q2l"},
         "loss": {"full", "an"},
         "debug": {"fast"},
     }.items():
@@ -115,6 +115,13 @@ def test_wandb_job_type_of_an_ablation_variant_is_its_name(tmp_path, monkeypatch
     init = instantiate(cfg.logger.wandb)._wandb_init
     assert init["job_type"] == "adagc_no_mixup"
     assert "adagc" in init["tags"] and "adagc_no_mixup" in init["tags"]
+
+
+def test_wandb_job_type_names_a_head_other_than_the_linear_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = compose_cli(tmp_path, "logger=wandb", "loss=en", "head=q2l")
+    init = instantiate(cfg.logger.wandb)._wandb_init
+    assert init["job_type"] == "en+q2l" and "en+q2l" in init["tags"]
 
 
 def test_unknown_override_key_is_a_clear_error(tmp_path):

@@ -61,6 +61,20 @@ def test_report_keeps_ablation_variants_apart_from_the_full_method(tmp_path):
     assert "61.00 ± 1.41" in rows["adagc"] and "41.00 ± 1.41" in rows["adagc_no_mixup"]
 
 
+def test_report_keeps_other_heads_apart_from_the_linear_head(tmp_path):
+    for k, (head, mAP) in enumerate([("linear", 50.0), ("linear", 52.0), ("q2l", 60.0), ("q2l", 62.0), (None, 54.0)]):
+        _write(tmp_path, str(k), "an", k, mAP)
+        results = json.loads((tmp_path / str(k) / "results.json").read_text())
+        if head is not None:  # results written before heads were recorded count as the linear head
+            results["choices"]["head"] = head
+        (tmp_path / str(k) / "results.json").write_text(json.dumps(results))
+    main([str(tmp_path), "--out", str(tmp_path / "out")])
+    table = (tmp_path / "out" / "table.md").read_text()
+    rows = {line.split("|")[3].strip(): line for line in table.splitlines() if line.startswith("| synthetic")}
+    assert set(rows) == {"an", "an+q2l"}
+    assert "52.00 ± 2.00" in rows["an"] and "61.00 ± 1.41" in rows["an+q2l"]
+
+
 def test_wide_table_has_methods_as_rows_and_ranks_each_column(tmp_path):
     _write(tmp_path, "0", "an", 1, 50.0)
     _write(tmp_path, "1", "an", 2, 52.0)

@@ -1,7 +1,8 @@
 """Turn finished runs into comparison tables: ``python -m splml.report <dir or glob> [...]``.
 
 Reads every ``results.json`` below the given folders (not W&B, so it works offline), groups
-runs by dataset, label mode, loss and backbone, and writes the mean and standard deviation over
+runs by dataset, label mode, method (the loss, or its ablation variant, with ``+<head>`` for a
+head other than the linear one) and backbone, and writes the mean and standard deviation over
 seeds as Markdown and CSV. Failed runs (``status: failed``) and groups with fewer seeds than
 the others are shown as such, never averaged away silently.
 
@@ -37,7 +38,8 @@ GROUP_KEYS = ("dataset", "labels", "loss", "backbone")
 
 @dataclass
 class RunGroup:
-    """Runs sharing dataset, labels, method and backbone (method = the ablation name if set, else the loss)."""
+    """Runs sharing dataset, labels, method and backbone (method = the ablation name if set, else the
+    loss; ``+<head>`` with a head other than the linear one)."""
 
     key: tuple[str, ...]
     results: list[dict[str, Any]] = field(default_factory=list)
@@ -80,8 +82,8 @@ def group_runs(files: Iterable[Path]) -> dict[tuple[str, ...], RunGroup]:
             raise ValueError(f"{path}: not valid JSON ({exc})") from exc
         choices = result.get("choices") or {}
         key = tuple(str(choices.get(k, "?")) for k in GROUP_KEYS)
-        # A named variant (conf/ablation/) is its own method, never averaged with the full loss.
-        key = (key[0], key[1], method_name(key[2], choices.get("ablation")), key[3])
+        # A named variant (conf/ablation/) or another head is its own method, never averaged with the full loss.
+        key = (key[0], key[1], method_name(key[2], choices.get("ablation"), choices.get("head")), key[3])
         group = groups.setdefault(key, RunGroup(key))
         if result.get("status", "completed") != "completed":
             group.failed.append(f"{path.parent} ({result.get('error', 'failed')})")
