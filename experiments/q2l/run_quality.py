@@ -1,6 +1,7 @@
 """Query2Label head vs the linear head on the synthetic dataset: the sweeps, the archive, the report.
 
     python experiments/q2l/run_quality.py [--image-size 64] [--seeds 1 2 3] [--jobs 1] [--report-only]
+        [--variant NAME --overrides KEY=VALUE ...]
 
 Two settings, each with ``head=linear,q2l`` and every seed, on ``experiment=synthetic_methods``
 (resnet10t, Adam 1e-3, cosine, 8 epochs, batch 32) at ``--image-size`` (64 px gives the
@@ -21,6 +22,11 @@ the report (``python -m splml.report``, where a head other than the linear one i
 Each training uses one thread (``OMP_NUM_THREADS=1`` unless set): on the shared 2-core machine a
 two-thread run was about ten times slower in wall time than a one-thread run once other jobs
 loaded the cores, as the threads waited on each other.
+
+``--variant NAME`` with ``--overrides`` runs both heads under a changed recipe (for instance
+``--variant head_lr0.1 --overrides optim.head_lr_mult=0.1``) into its own sweep folder, archive
+(``runs_<size>px_<NAME>/``), report and README block (``quality_<size>px_<NAME>``), because the
+report does not tell runs apart by optimiser settings.
 """
 
 from __future__ import annotations
@@ -68,8 +74,11 @@ def main() -> None:
     parser.add_argument("--sweep-dir", type=Path, default=None, help="default: logs/bench/q2l_<size>px")
     parser.add_argument("--report-only", action="store_true", help="write the report from the archive, train nothing")
     parser.add_argument("--overrides", nargs="*", default=[], help="extra Hydra overrides for every run")
+    parser.add_argument("--variant", default=None, help="name of a recipe changed by --overrides (own archive)")
     args = parser.parse_args()
-    tag = f"{args.image_size}px"
+    if args.overrides and not args.variant:
+        parser.error("--overrides changes the recipe: name it with --variant so its runs get their own archive")
+    tag = f"{args.image_size}px" + (f"_{args.variant}" if args.variant else "")
     args.sweep_dir = args.sweep_dir or REPO / "logs" / "bench" / f"q2l_{tag}"
     archive, report_dir = HERE / f"runs_{tag}", HERE / f"report_{tag}"
     sync = _archive_sync()
@@ -90,7 +99,8 @@ def main() -> None:
     subprocess.run(report, check=True, cwd=REPO)
     runs = sum(1 for _ in archive.glob("*/results.json"))
     table = (report_dir / "table.md").read_text()  # with the list of failed runs, if any
-    source = f"`{archive.relative_to(REPO)}/` ({runs} runs, {args.image_size} px)"
+    changed = f", {' '.join(args.overrides)}" if args.overrides else f", variant {args.variant}" if args.variant else ""
+    source = f"`{archive.relative_to(REPO)}/` ({runs} runs, {args.image_size} px{changed})"
     write_generated_block(README, f"quality_{tag}", f"{table.strip()}\n\nFrom {source}.")
     print(f"wrote the table into {README} (block quality_{tag})", flush=True)
 
