@@ -87,6 +87,18 @@ def test_config_typo_is_a_clear_error(tmp_path):
     assert "Could not find 'loss/ann'" in proc.stderr
 
 
+def test_zero_epochs_is_a_clear_error_before_any_data_is_made(tmp_path):
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "splml.train", "trainer.max_epochs=0", f"paths.cache_dir={tmp_path / 'cache'}",
+         f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "ValueError: trainer.max_epochs=0: the number of training epochs must be an integer >= 1" in proc.stderr
+    assert not (tmp_path / "cache").exists()
+
+
 def test_cfg_job_introspection(tmp_path):
     proc = _run("splml.train", "--cfg", "job", "loss=full", "labels=full", cwd=tmp_path)
     assert "FullLabelLoss" in proc.stdout and "FullLabels" in proc.stdout
@@ -157,3 +169,54 @@ def test_ben_dataset_without_files_names_the_missing_folder(tmp_path):
     )  # fmt: skip
     assert proc.returncode != 0
     assert f"dataset root {tmp_path / 'nowhere'} does not exist" in proc.stderr
+
+
+def _evaluate_in_process(tmp_path: Path, *overrides: str):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    from splml.builders import config_dir, register_resolvers
+    from splml.eval import evaluate
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("eval", overrides=[f"output_file={tmp_path / 'eval.json'}", *overrides])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path)
+    return evaluate(cfg)
+
+
+def test_eval_with_overrides_that_change_the_model_names_the_mismatch(trained_run, tmp_path):
+    ckpt = trained_run / "checkpoints" / "best.ckpt"
+    with pytest.raises(ValueError) as info:
+        _evaluate_in_process(tmp_path, f"ckpt_path={ckpt}", "+dataset_overrides.bands=rgb")
+    message = str(info.value)
+    assert str(ckpt) in message and "do not fit" in message
+    # The first layer's shapes, what the weights need, and the override that broke it.
+    assert "model.backbone.conv1.0.weight: checkpoint (24, 12, 3, 3), model (24, 3, 3, 3)" in message
+    assert "12 input channels" in message and "dataset.datamodule.bands=rgb gives 3" in message
+    assert "'all'" in message  # a band set of 12 bands
+    assert "dataset_overrides" in message and "bands=rgb" in message
+    assert not (tmp_path / "eval.json").exists()
+
+
+def test_eval_of_weights_from_another_backbone_names_the_keys(trained_run, tmp_path):
+    import torch
+
+    ckpt = torch.load(trained_run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    ckpt["splml_config"]["backbone"]["name"] = "resnet18"  # the stored config no longer matches the weights
+    edited = tmp_path / "edited.ckpt"
+    torch.save(ckpt, edited)
+    with pytest.raises(ValueError) as info:
+        _evaluate_in_process(tmp_path, f"ckpt_path={edited}")
+    message = str(info.value)
+    assert str(edited) in message and "backbone=resnet18" in message
+    assert "missing from the checkpoint: model.backbone.conv1.weight" in message
+    assert "not in the model: model.backbone.conv1.0.weight" in message
+    assert "another architecture" in message
+
+
+def test_eval_refuses_a_bad_image_size_override_up_front(trained_run, tmp_path):
+    ckpt = trained_run / "checkpoints" / "best.ckpt"
+    with pytest.raises(ValueError, match=r"dataset.datamodule.image_size=0: "):
+        _evaluate_in_process(tmp_path, f"ckpt_path={ckpt}", "+dataset_overrides.image_size=0")

@@ -30,6 +30,7 @@ from splml.builders import (
     config_dir,
     register_resolvers,
 )
+from splml.config_checks import check_run_config
 
 log = logging.getLogger(__name__)
 register_resolvers()
@@ -51,6 +52,7 @@ def run_choices(cfg: DictConfig) -> dict[str, Any]:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, test the best checkpoint, and write ``results.json``; returns its content."""
+    check_run_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
