@@ -19,12 +19,12 @@ metadata" and not encoded (the official archive also holds the snow/cloud patche
 in a separate metadata file: pass both files to encode those too).
 
 Reliability rules: every problem (missing folder or band file, unreadable or truncated TIFF,
-wrong shape or dtype, NaN in a radar band, invalid CLC code) is an :class:`EncodeError` naming
-the file and patch, unless ``skip_bad`` is set, in which case the patch is logged, counted,
+wrong shape or dtype, NaN/inf or a value outside ``value_range``, invalid CLC code) is an
+:class:`EncodeError` naming the file and patch, unless ``skip_bad`` is set, in which case the patch is logged, counted,
 left out and listed in ``<out>/skipped_patches.csv``. Nothing is ever dropped silently.
 
 Re-running on an existing output resumes: keys already present are decoded and checked
-(tensor names, shapes, dtypes, finiteness, map codes) and kept; a random sample of them
+(tensor names, shapes, dtypes, value ranges, map codes) and kept; a random sample of them
 (``compare_source`` patches, or all) is also compared byte for byte with the source rasters;
 missing, corrupt or mismatching patches are (re-)encoded. :func:`verify_reben` runs the
 structural check on every key without touching the sources.
