@@ -55,12 +55,13 @@ def _assert_named(message: str, root: Path, full: int, cut: int) -> None:
     assert f"{cut:,} bytes" in message and f"{full:,} bytes" in message
 
 
-def test_opener_accepts_a_complete_file_and_names_a_truncated_one(tiny_reben, truncated):
-    env = open_reben_lmdb(tiny_reben / "lmdb")
+def test_opener_accepts_a_complete_file_and_names_a_truncated_one(tiny_reben, truncated, tmp_path):
+    complete = _copy(tiny_reben, tmp_path / "complete")  # a path no dataset of this process holds open
+    env = open_reben_lmdb(complete / "lmdb")
     try:
         # The LMDB's own metadata gives what the file must hold; a complete file holds exactly that.
         needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
-        assert needed == (tiny_reben / "lmdb" / "data.mdb").stat().st_size
+        assert needed == (complete / "lmdb" / "data.mdb").stat().st_size
     finally:
         env.close()
     root, full, cut = truncated
@@ -70,10 +71,10 @@ def test_opener_accepts_a_complete_file_and_names_a_truncated_one(tiny_reben, tr
 
 
 def test_a_file_too_short_to_hold_its_header_is_named(tiny_reben, tmp_path):
-    for size in (0, 100):
+    for size in (0, 100, 4096):  # empty, inside the first meta page, one of the two meta pages
         root = _copy(tiny_reben, tmp_path / f"short{size}")
         os.truncate(root / "lmdb" / "data.mdb", size)
-        with pytest.raises(DataFormatError, match=rf"{root / 'lmdb' / 'data.mdb'}.*truncated"):
+        with pytest.raises(DataFormatError, match=rf"{root / 'lmdb' / 'data.mdb'} \({size:,} bytes\).*truncated"):
             open_reben_lmdb(root / "lmdb")
 
 
@@ -105,6 +106,15 @@ def test_dataloader_workers_name_a_file_truncated_after_the_dataset_was_built(ti
         _assert_named(str(info.value), root, full, cut)
     finally:
         close_lmdb(root / "lmdb")
+
+
+def test_a_file_cut_while_open_is_named_when_the_next_dataset_is_built(tiny_reben, tmp_path):
+    root = _copy(tiny_reben, tmp_path / "copy")
+    ReBENDataset(root, "train", bands="rgb")  # opens and caches this process's handle
+    full, cut = _truncate(root, 0.6)
+    with pytest.raises(TruncatedLMDBError) as info:
+        ReBENDataset(root, "validation", bands="rgb")
+    _assert_named(str(info.value), root, full, cut)
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

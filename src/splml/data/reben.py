@@ -15,7 +15,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import lmdb
 import numpy as np
@@ -244,7 +244,7 @@ def value_problem(arr: np.ndarray, bounds: tuple[float, float] | None, modality:
     """
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         return f"contains NaN or inf ({_pixels(int((~np.isfinite(arr)).sum()))})"
-    if bounds is None:
+    if bounds is None or (arr.dtype.kind in "ui" and _covers_dtype(bounds, arr.dtype)):
         return None
     low, high = bounds
     below, above = arr < low, arr > high
@@ -326,20 +326,19 @@ def open_reben_lmdb(path: str | Path, *, readonly: bool = True, **options: Any) 
     exists = data_file.is_file()
     if readonly and not exists:
         raise FileNotFoundError(f"no LMDB at {path} (expected {data_file})")
+    unreadable = f"{data_file} ({data_file.stat().st_size:,} bytes) cannot be opened as an LMDB" if exists else ""
+    if exists and data_file.stat().st_size == 0:  # lmdb itself says only "Bad file descriptor"
+        raise DataFormatError(f"{unreadable}: it is empty, so truncated or still being written")
     try:
         env = lmdb.open(str(path), readonly=readonly, subdir=True, **options)
-    except lmdb.Error as exc:
-        if not exists:
-            raise
-        # lmdb reports an empty or header-less file as "Bad file descriptor" / "MDB_INVALID".
+    except (lmdb.InvalidError, lmdb.CorruptedError) as exc:  # no valid header: cut inside the meta pages
         raise DataFormatError(
-            f"{data_file} ({data_file.stat().st_size:,} bytes) cannot be opened as an LMDB ({exc}): it is "
-            "truncated or still being written, or not an LMDB file"
+            f"{unreadable} ({exc}): it is truncated or still being written, or not an LMDB file"
         ) from exc
     if exists:
         try:
             _check_complete(env, data_file)
-        except TruncatedLMDBError:
+        except Exception:
             env.close()
             raise
     return env
@@ -377,6 +376,12 @@ def open_lmdb(path: Path) -> lmdb.Environment:
             _ENVS.pop(stale).close()
         env = open_reben_lmdb(path, lock=False, readahead=False, meminit=False, max_readers=2048)
         _ENVS[key] = env
+    else:
+        try:  # the file may have been cut since it was opened (a copy started over it)
+            _check_complete(env, Path(path) / "data.mdb")
+        except TruncatedLMDBError:
+            close_lmdb(path)
+            raise
     return env
 
 
@@ -558,7 +563,7 @@ class ReBENDataset(torch.utils.data.Dataset):
 
     def _raise_bad_values(
         self, rec: PatchRecord, key: str, modality: str, arrays: dict[str, np.ndarray], bands: Sequence[str]
-    ) -> None:
+    ) -> NoReturn:
         """Name the first band of ``bands`` with a non-finite or out-of-range value (called on failure only)."""
         for b in bands:
             problem = value_problem(arrays[b], self._bounds[modality], modality)
@@ -571,6 +576,9 @@ class ReBENDataset(torch.utils.data.Dataset):
                     else ""
                 )
                 raise DataFormatError(f"{self.lmdb_path}: {where}, band {b} {problem}{hint}")
+        raise DataFormatError(  # the group check failed, so some band must have: never read on silently
+            f"{self.lmdb_path}: patch {rec.patch_id} (key {key!r}): bands {list(bands)} failed the value check"
+        )
 
     # -- Dataset protocol --------------------------------------------------------------------
     def __len__(self) -> int:
