@@ -55,6 +55,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
+from splml.callbacks.experiment_log import log_figure
 from splml.callbacks.store import StoreCallback, distributed_ready
 
 #: Name of the live memory-mapped store inside ``memmap_dir``.
@@ -513,7 +514,7 @@ class HeatmapStore(StoreCallback):
         return every > 0 and getattr(trainer, "is_global_zero", True) and (trainer.current_epoch + 1) % every == 0
 
     def _plot_epoch(self, trainer: L.Trainer, truth: Tensor) -> Path | None:
-        """Heatmaps of a few fixed images (ones with several true labels) as PNG and in W&B."""
+        """Heatmaps of a few fixed images (ones with several true labels) as PNG and in the loggers."""
         candidates = torch.nonzero(truth.sum(1) >= 2).flatten()[: self.plot_num_samples].tolist()
         if not candidates:
             return None
@@ -522,9 +523,7 @@ class HeatmapStore(StoreCallback):
         names = list(getattr(train, "class_names", [str(c) for c in range(self.num_classes)]))
         out = Path(trainer.default_root_dir) / "heatmaps" / f"epoch_{trainer.current_epoch:03d}.png"
         path = self.plot_heatmaps(candidates, names, out, truth)
-        for logger in trainer.loggers:
-            if hasattr(logger, "log_image") and type(logger).__name__ == "WandbLogger":
-                logger.log_image(key="heatmaps", images=[str(path)], step=trainer.global_step)
+        log_figure(trainer, "heatmaps", path)
         return path
 
     def plot_heatmaps(
