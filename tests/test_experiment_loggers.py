@@ -56,8 +56,9 @@ def test_tensorboard_run_gets_the_resolved_config_as_hyperparameters(tensorboard
     experiment = next(p.experiment for p in plugin.values() if p.HasField("experiment"))
     metrics = {m.name.tag for m in experiment.metric_infos}
     assert {"val/mAP_macro", "test/mAP_macro"} <= metrics, "the HParams table shows the run's scores"
-    # The nested config is also written next to the events.
-    assert "head_lr_mult: 10" in (tensorboard_run / "tensorboard" / "hparams.yaml").read_text()
+    # The nested config is also written next to the events and the CSV log.
+    for folder in ("tensorboard", "csv"):
+        assert "head_lr_mult: 10" in (tensorboard_run / folder / "hparams.yaml").read_text(), folder
 
 
 def test_tensorboard_run_logs_the_learning_rate_of_backbone_and_head(tensorboard_run):
