@@ -64,3 +64,38 @@ def run_train_cli(cwd: Path, *overrides: str, timeout: int = 900) -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-5000:]
+
+
+def read_wandb_records(path: Path) -> list:
+    """The protobuf records of an offline W&B run file (``run-<id>.wandb``).
+
+    The file is a 7-byte header (``:W&B``, magic, version) then LevelDB-style log blocks of
+    32 KiB: each chunk has a 7-byte header (crc32, length, type); a record is one FULL chunk or
+    FIRST, MIDDLE..., LAST chunks; a block tail shorter than a chunk header is zero padding.
+    """
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data = Path(path).read_bytes()
+    assert data[:4] == b":W&B", f"{path} is not a W&B run file"
+    block, pos = 32768, 7
+    records, chunks = [], []
+    while pos + 7 <= len(data):
+        room = block - pos % block
+        if room < 7:
+            pos += room
+            continue
+        _crc, length, kind = struct.unpack_from("<IHB", data, pos)
+        pos += 7
+        if kind == 0 and length == 0:  # zero padding up to the end of the block
+            pos += room - 7
+            continue
+        chunks.append(data[pos : pos + length])
+        pos += length
+        if kind in (1, 4):  # FULL or LAST
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(b"".join(chunks))
+            records.append(record)
+            chunks = []
+    return records

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from .helpers import read_wandb_records
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
     "dataset.datamodule.synthetic.n_train=48",
@@ -104,20 +106,49 @@ def test_cfg_job_introspection(tmp_path):
     assert "FullLabelLoss" in proc.stdout and "FullLabels" in proc.stdout
 
 
-def test_wandb_offline_run_needs_no_network_and_gets_the_label_quality_plot(tmp_path):
+def _wandb_config_and_history(run_file: Path) -> tuple[dict, list[dict]]:
+    """The config a W&B run file received (merged updates) and its logged rows."""
+    config: dict = {}
+    rows: list[dict] = []
+    for record in read_wandb_records(run_file):
+        kind = record.WhichOneof("record_type")
+        updates = record.config.update if kind == "config" else record.run.config.update if kind == "run" else []
+        config.update({item.key: json.loads(item.value_json) for item in updates})
+        if kind == "history":
+            rows.append(
+                {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+            )
+    return config, rows
+
+
+def test_wandb_offline_run_gets_config_learning_rates_and_label_quality_plot(tmp_path):
     run_dir = tmp_path / "run"
     # LL-Ct corrects labels from the second epoch on, so it logs label-quality diagnostics.
     _run(
-        "splml.train", *TINY, "trainer.max_epochs=2", "loss=ll_ct", "logger=wandb",
-        f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run_dir}", cwd=tmp_path,
+        "splml.train", *TINY, "trainer.max_epochs=2", "loss=ll_ct", "logger=wandb", "trainer.log_every_n_steps=1",
+        "optim.head_lr_mult=10", f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run_dir}", cwd=tmp_path,
     )  # fmt: skip
     assert (run_dir / "results.json").is_file()
     offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline_runs) == 1, list((run_dir / "wandb").iterdir())
-    assert list(offline_runs[0].glob("*.wandb")), "the offline run holds its W&B event file"
+    run_files = list(offline_runs[0].glob("*.wandb"))
+    assert run_files, "the offline run holds its W&B event file"
     assert (run_dir / "label_quality.png").stat().st_size > 0
     images = list(offline_runs[0].rglob("label_quality_*.png"))
     assert images, "the label-quality figure is logged to the W&B run"
+
+    config, rows = _wandb_config_and_history(run_files[0])
+    # The whole resolved config, nested as in .hydra/config.yaml.
+    assert config["optim"]["lr"] == 1e-3 and config["optim"]["head_lr_mult"] == 10
+    assert config["loss"]["_target_"] == "splml.losses.ll_ct.LargeLossTemporaryCorrection"
+    assert config["trainer"]["max_epochs"] == 2 and config["seed"] == 1
+    assert config["paths"]["output_dir"] == str(run_dir)
+    # One learning-rate curve per parameter group; the cosine schedule starts at the base rate.
+    backbone = [row["lr-Adam/backbone"] for row in rows if "lr-Adam/backbone" in row]
+    head = [row["lr-Adam/head"] for row in rows if "lr-Adam/head" in row]
+    assert len(backbone) == len(head) == 6, "one value per training step (2 epochs x 3 batches)"
+    assert backbone[0] == pytest.approx(1e-3) and head[0] == pytest.approx(1e-2)
+    assert backbone[-1] < backbone[0], "the cosine schedule decays"
 
 
 def test_label_quality_plot_is_skipped_for_methods_without_extra_positives(trained_run):

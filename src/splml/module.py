@@ -172,9 +172,10 @@ class SPMLModule(L.LightningModule):
         head_params = list(self.model.head.parameters())
         head_ids = {id(p) for p in head_params}
         backbone_params = [p for p in self.model.parameters() if id(p) not in head_ids]
+        # Named groups: the learning-rate monitor logs lr-<Optimizer>/backbone and .../head.
         groups = [
-            {"params": backbone_params, "lr": self.lr},
-            {"params": head_params, "lr": self.lr * self.head_lr_mult},
+            {"name": "backbone", "params": backbone_params, "lr": self.lr},
+            {"name": "head", "params": head_params, "lr": self.lr * self.head_lr_mult},
         ]
         if self.optimizer_name == "adam":
             opt = torch.optim.Adam(groups, lr=self.lr, weight_decay=self.weight_decay)
