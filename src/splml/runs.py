@@ -206,10 +206,10 @@ def plan_job(
 def _same_job(result: Mapping[str, Any], overrides: list[str], seed: int, choices: Mapping[str, Any]) -> bool:
     if result.get("overrides") is not None:
         return identity_overrides(result["overrides"]) == overrides
-    # Written before the overrides were recorded: the seed and the group choices must agree.
+    # Written before the overrides were recorded: the seed and the group choices it names must agree.
     recorded = result.get("choices") or {}
     return result.get("seed") == seed and all(
-        str(recorded.get(g)) == str(choices.get(g)) for g in LEGACY_IDENTITY_GROUPS
+        str(recorded[g]) == str(choices.get(g)) for g in LEGACY_IDENTITY_GROUPS if g in recorded
     )
 
 
