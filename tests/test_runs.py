@@ -136,3 +136,18 @@ def test_missing_best_checkpoint_of_a_resumed_run_is_a_clear_error(tmp_path):
     assert callback.best_model_path == str(tmp_path / "new" / "best.ckpt")
     assert (tmp_path / "new" / "best.ckpt").read_bytes() == b"weights"
     assert float(callback.best_model_score) == 60.0 and callback.kth_best_model_path == callback.best_model_path
+
+
+def test_sweep_summary_counts_completed_failed_and_unreadable_runs(tmp_path, caplog):
+    from splml.hydra_callbacks import summarize_sweep
+
+    _completed(tmp_path / "a", ["seed=1"])
+    _completed(tmp_path / "b", ["seed=2"], status="failed", error="FloatingPointError: loss is nan")
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "results.json").write_text("{")
+    with caplog.at_level(logging.WARNING):
+        lines = summarize_sweep(tmp_path)
+    assert lines[0] == f"sweep {tmp_path}: 1 completed, 1 failed, 1 unreadable"
+    assert "- failed: b: FloatingPointError: loss is nan" in lines
+    assert "- unreadable: c/results.json (skip_completed=true re-runs it)" in lines
+    assert str(tmp_path / "c" / "results.json") in caplog.text
