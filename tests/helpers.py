@@ -48,6 +48,24 @@ class StopAfterEpochs:
         return _Stop()
 
 
+class ExitAtEpoch:
+    """Simulates a killed job: the process ends as epoch ``epoch`` starts (after the previous epoch's
+    checkpoint), in runs whose folder path contains ``$SPLML_TEST_EXIT_IN``; does nothing when unset."""
+
+    def __new__(cls, epoch: int = 1):  # built by Hydra from a config node; returns a real Callback
+        import os
+
+        import lightning as L
+
+        class _Exit(L.Callback):
+            def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+                where = os.environ.get("SPLML_TEST_EXIT_IN")
+                if where and where in str(trainer.default_root_dir) and trainer.current_epoch >= epoch:
+                    os._exit(17)
+
+        return _Exit()
+
+
 def run_train_cli(cwd: Path, *overrides: str, timeout: int = 900) -> None:
     """``python -m splml.train <overrides>`` in a subprocess; fails the test with its stderr if it fails."""
     import os

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -9,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from splml.runs import job_dir_name
 
 from .helpers import read_wandb_records
 
@@ -23,8 +26,14 @@ TINY = [
 ]
 
 
+def _env(**extra: str) -> dict[str, str]:
+    # The repository on the path, so that configs can name test callbacks (tests.helpers.*).
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1", "PYTHONPATH": path, **extra}
+
+
 def _run(module: str, *overrides: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+    env = _env()
     proc = subprocess.run(
         [sys.executable, "-m", module, *overrides],
         cwd=cwd,
@@ -162,22 +171,59 @@ def test_multirun_records_a_failed_job_and_goes_on(tmp_path):
         "splml.train", "-m", *TINY, "trainer.max_epochs=1", f"paths.cache_dir={tmp_path / 'cache'}",
         f"hydra.sweep.dir={sweep}", "dataset.datamodule.bands=bogus,rgb", cwd=tmp_path,
     )  # fmt: skip
-    failed = json.loads((sweep / "0" / "results.json").read_text())
+    # One folder per job, named by its overrides.
+    fixed = [*TINY[:-1], "trainer.max_epochs=1", f"paths.cache_dir={tmp_path / 'cache'}"]
+    bogus, rgb = (sweep / job_dir_name([*fixed, f"dataset.datamodule.bands={b}"]) for b in ("bogus", "rgb"))
+    failed = json.loads((bogus / "results.json").read_text())
     assert failed["status"] == "failed" and "unknown band set 'bogus'" in failed["error"]
-    done = json.loads((sweep / "1" / "results.json").read_text())
+    done = json.loads((rgb / "results.json").read_text())
     assert done["status"] == "completed" and done["test/mAP_macro"] > 0
     # The sweep ends with a summary naming the failed job and its error.
     summary = (sweep / "sweep_summary.md").read_text()
-    assert "1 completed, 1 failed" in summary and "- failed: 0: " in summary and "bogus" in summary
+    assert "1 completed, 1 failed" in summary and f"- failed: {bogus.name}: " in summary and "bogus" in summary
 
     # Re-running the sweep with skip_completed only re-runs what did not complete.
-    stamp = (sweep / "1" / "results.json").stat().st_mtime_ns
+    stamp = (rgb / "results.json").stat().st_mtime_ns
     proc = _run(
         "splml.train", "-m", *TINY, "trainer.max_epochs=1", f"paths.cache_dir={tmp_path / 'cache'}",
         f"hydra.sweep.dir={sweep}", "dataset.datamodule.bands=bogus,rgb", "skip_completed=true", cwd=tmp_path,
     )  # fmt: skip
-    assert (sweep / "1" / "results.json").stat().st_mtime_ns == stamp
-    assert "already holds a completed run" in proc.stdout + proc.stderr
+    assert (rgb / "results.json").stat().st_mtime_ns == stamp
+    assert f"{rgb} holds a completed run of this job" in proc.stdout + proc.stderr
+
+
+def test_rerun_sweep_resumes_killed_jobs_and_skips_only_jobs_that_completed(tmp_path):
+    sweep = tmp_path / "sweep"
+    common = [
+        *TINY, f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}",
+        "+callbacks.exit._target_=tests.helpers.ExitAtEpoch", "+callbacks.exit.epoch=1",
+    ]  # fmt: skip
+    overrides = [o for o in common if not o.startswith("hydra.")]
+    seed1, seed2, seed3 = (sweep / job_dir_name([*overrides, f"seed={seed}"]) for seed in (1, 2, 3))
+    # The sweep is killed while its second job (seed 2) trains its second epoch.
+    killed = subprocess.run(
+        [sys.executable, "-m", "splml.train", "-m", *common, "seed=1,2"], cwd=tmp_path,
+        env=_env(SPLML_TEST_EXIT_IN=seed2.name), capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert killed.returncode == 17, killed.stderr[-3000:]
+    assert (seed2 / "checkpoints" / "last.ckpt").is_file()
+    assert not (seed2 / "results.json").exists()
+    stamp = (seed1 / "results.json").stat().st_mtime_ns
+
+    # Re-run with other lists: seed 3 never ran, seed 2 was killed, seed 1 completed.
+    proc = _run("splml.train", "-m", *common, "seed=3,2,1", "skip_completed=true", cwd=tmp_path)
+    log = proc.stdout + proc.stderr
+    assert f"{seed1} holds a completed run of this job" in log
+    assert (seed1 / "results.json").stat().st_mtime_ns == stamp
+    assert f"resuming the interrupted run of this job from {seed2 / 'checkpoints' / 'last.ckpt'}" in log
+    resumed = json.loads((seed2 / "results.json").read_text())
+    assert resumed["status"] == "completed" and resumed["resumed_from"].endswith("last.ckpt")
+    assert resumed["overrides"] == sorted([*overrides, "seed=2"])
+    with open(seed2 / "csv" / "metrics.csv") as fh:
+        val_epochs = [row["epoch"] for row in csv.DictReader(fh) if row.get("val/mAP_macro")]
+    assert val_epochs == ["0", "1"], "the killed epoch is trained once, after the one before it"
+    fresh = json.loads((seed3 / "results.json").read_text())
+    assert fresh["seed"] == 3 and fresh["status"] == "completed" and fresh["resumed_from"] is None
 
 
 def test_ben_dataset_reads_real_format_files_with_dominant_labels(tiny_reben, tmp_path):

@@ -63,6 +63,9 @@ class SPMLModule(L.LightningModule):
         self.last_val_metrics: dict[str, float] = {}
         #: The resolved run config; saved in every checkpoint so ``splml.eval`` can rebuild the run.
         self.run_config: dict[str, Any] | None = None
+        #: The job's identity overrides (splml.runs), saved in every checkpoint so that a re-run
+        #: sweep recognises the interrupted run of a job.
+        self.run_overrides: list[str] | None = None
         # Per-epoch counts (selected, correct, hidden positives) of a loss's pseudo-positives.
         self._pseudo_counts: Tensor | None = None
 
@@ -166,6 +169,8 @@ class SPMLModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.run_config is not None:
             checkpoint["splml_config"] = self.run_config
+        if self.run_overrides is not None:
+            checkpoint["splml_overrides"] = self.run_overrides
 
     # -- optimisation -----------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
