@@ -29,6 +29,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from splml.runs import read_results
 from splml.utils.markdown import write_generated_block
 
 HERE = Path(__file__).resolve().parent
@@ -46,11 +47,17 @@ KEPT_FILES = ("results.json", "csv/metrics.csv", ".hydra/overrides.yaml")
 
 
 def sync(src: Path, dst: Path) -> int:
-    """Copy the kept files of every completed run below ``src`` to ``dst`` (same run names)."""
+    """Copy the kept files of every finished run below ``src`` to ``dst`` (same run names).
+
+    Completed and failed runs are copied (the report lists failures); a results.json that cannot
+    be read (a job killed while writing it) is not.
+    """
     copied = 0
     if not src.is_dir():
         return copied
     for results in src.glob("*/results.json"):
+        if read_results(results) is None:
+            continue
         run = results.parent
         for name in KEPT_FILES:
             source, target = run / name, dst / run.name / name
