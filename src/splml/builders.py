@@ -48,6 +48,10 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("splml_method", method_name)
     if not OmegaConf.has_resolver("splml_mkdir"):
         OmegaConf.register_new_resolver("splml_mkdir", _mkdir)
+    if not OmegaConf.has_resolver("splml_job_dir"):
+        from splml.runs import job_dir_name
+
+        OmegaConf.register_new_resolver("splml_job_dir", job_dir_name)
 
 
 def _mkdir(path: str) -> str:

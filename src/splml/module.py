@@ -65,6 +65,9 @@ class SPMLTrainingModule(L.LightningModule):
         self.last_val_metrics: dict[str, float] = {}
         #: The resolved run config; saved in every checkpoint so ``splml.eval`` can rebuild the run.
         self.run_config: dict[str, Any] | None = None
+        #: The job's identity overrides (splml.runs), saved in every checkpoint so that a re-run
+        #: sweep recognises the interrupted run of a job.
+        self.run_overrides: list[str] | None = None
         # Per-epoch counts (selected, correct, hidden positives) of a loss's pseudo-positives.
         self._pseudo_counts: Tensor | None = None
 
@@ -140,15 +143,18 @@ class SPMLTrainingModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.run_config is not None:
             checkpoint["splml_config"] = self.run_config
+        if self.run_overrides is not None:
+            checkpoint["splml_overrides"] = self.run_overrides
 
     # -- optimisation -----------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
         head_params = list(self.model.head.parameters())
         head_ids = {id(p) for p in head_params}
         backbone_params = [p for p in self.model.parameters() if id(p) not in head_ids]
+        # Named groups: the learning-rate monitor logs lr-<Optimizer>/backbone and .../head.
         groups = [
-            {"params": backbone_params, "lr": self.lr},
-            {"params": head_params, "lr": self.lr * self.head_lr_mult},
+            {"name": "backbone", "params": backbone_params, "lr": self.lr},
+            {"name": "head", "params": head_params, "lr": self.lr * self.head_lr_mult},
         ]
         if self.optimizer_name == "adam":
             opt = torch.optim.Adam(groups, lr=self.lr, weight_decay=self.weight_decay)

@@ -9,7 +9,6 @@ evaluation; this script only runs it.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -21,7 +20,7 @@ import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from splml.builders import (
     CHOICE_GROUPS,
@@ -32,6 +31,8 @@ from splml.builders import (
     config_dir,
     register_resolvers,
 )
+from splml.config_checks import check_run_config
+from splml.runs import RESULTS_FILE, JobPlan, identity_overrides, plan_job, write_results
 
 log = logging.getLogger(__name__)
 register_resolvers()
@@ -51,8 +52,16 @@ def run_choices(cfg: DictConfig) -> dict[str, Any]:
     return choices
 
 
+def job_overrides() -> list[str] | None:
+    """This job's identity overrides (see :mod:`splml.runs`); None outside a Hydra command."""
+    if not HydraConfig.initialized():
+        return None
+    return identity_overrides(HydraConfig.get().overrides.task)
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, test the best checkpoint, and write ``results.json``; returns its content."""
+    check_run_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
@@ -63,6 +72,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup("fit")
     module = build_module(cfg, datamodule)
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
+    module.run_overrides = job_overrides()
     callbacks = build_callbacks(cfg) + module.loss.callbacks(
         num_samples=len(datamodule.datasets["train"]), num_classes=datamodule.num_classes
     )
@@ -93,6 +103,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "best_checkpoint": str(best_path),
         "seed": int(cfg.seed),
         "choices": run_choices(cfg),
+        "overrides": job_overrides(),
+        "resumed_from": cfg.get("ckpt_path"),
         "config": {
             k: OmegaConf.to_container(cfg[k], resolve=True)
             for k in ("task", "dataset", "labels", "loss", "backbone", "head", "optim")
@@ -104,7 +116,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "status": "completed",
     }
     if trainer.is_global_zero:
-        (output_dir / "results.json").write_text(json.dumps(results, indent=2))
+        write_results(output_dir / RESULTS_FILE, results)
         summary = " | ".join(f"{k} {results[k]:.2f}" for k in module.summary_metrics if results.get(k) is not None)
         log.info("%s (best epoch %s) -> %s", summary, results["best_epoch"], output_dir / "results.json")
     return results
@@ -132,19 +144,33 @@ def _record_failure(cfg: DictConfig, exc: BaseException) -> None:
         "traceback": traceback.format_exc(),
         "seed": int(cfg.seed),
         "choices": run_choices(cfg),
+        "overrides": job_overrides(),
     }
-    (output_dir / "results.json").write_text(json.dumps(failure, indent=2))
+    write_results(output_dir / RESULTS_FILE, failure)
     log.error("run failed (%s); recorded in %s and the sweep continues", failure["error"], output_dir / "results.json")
+
+
+def continue_job(cfg: DictConfig) -> JobPlan:
+    """``skip_completed``: find a completed run of this job, or an interrupted one to resume (sets ``ckpt_path``)."""
+    overrides = job_overrides() or []
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    sweep_dir = Path(HydraConfig.get().sweep.dir) if multirun else None
+    plan = plan_job(Path(cfg.paths.output_dir), overrides, int(cfg.seed), run_choices(cfg), sweep_dir=sweep_dir)
+    if plan.completed_dir is not None:
+        log.info("skip_completed: %s holds a completed run of this job", plan.completed_dir)
+    elif plan.resume_from is not None and not cfg.get("ckpt_path"):
+        log.info("skip_completed: resuming the interrupted run of this job from %s", plan.resume_from)
+        with open_dict(cfg):
+            cfg.ckpt_path = str(plan.resume_from)
+    return plan
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    done = Path(cfg.paths.output_dir) / "results.json"
-    if cfg.get("skip_completed") and done.is_file():
-        previous = json.loads(done.read_text())
-        if previous.get("status") == "completed":
-            log.info("skip_completed: %s already holds a completed run", done.parent)
-            return best_score(previous)
+    if cfg.get("skip_completed"):
+        plan = continue_job(cfg)
+        if plan.result is not None:
+            return best_score(plan.result)
     try:
         results = train(cfg)
     except Exception as exc:

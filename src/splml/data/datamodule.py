@@ -14,7 +14,14 @@ from torch.utils.data import DataLoader
 
 from splml.data.labels import LabelSource, RandomSinglePositive, save_observed
 from splml.data.reben import ReBENDataset, read_metadata, reference_map_to_class_counts
-from splml.data.reben_format import CLASS_NAMES, METADATA_FILE, PATCH_SIZE, resolve_band_set
+from splml.data.reben_format import (
+    CLASS_NAMES,
+    METADATA_FILE,
+    PATCH_SIZE,
+    VALUE_RANGES,
+    resolve_band_set,
+    resolve_value_range,
+)
 from splml.data.sampler import EpochSeededSampler
 from splml.data.transforms import RecordedSpatialAugment
 from splml.data.views import MultiViewDataset
@@ -142,6 +149,7 @@ class ReBENDataModule(SplitDataModule):
         lmdb_path: str | Path | None = None,
         metadata_path: str | Path | None = None,
         seed: int = 0,
+        value_range: dict[str, Sequence[float] | None] | None = VALUE_RANGES,
     ) -> None:
         super().__init__(batch_size, eval_batch_size, num_workers, pin_memory, persistent_workers, seed)
         self.root = Path(root) if root is not None else None
@@ -154,6 +162,7 @@ class ReBENDataModule(SplitDataModule):
         self.max_samples = dict(max_samples or {})
         self.lmdb_path = lmdb_path
         self.metadata_path = metadata_path
+        self.value_range = resolve_value_range(value_range)  # checked here, before any data is read
 
     # -- facts the model and the losses need -------------------------------------------------
     @property
@@ -190,6 +199,7 @@ class ReBENDataModule(SplitDataModule):
             self.datasets[split] = ReBENDataset(
                 root, split, bands=self.bands, image_size=self.image_size, upsampling=self.upsampling,
                 lmdb_path=self.lmdb_path, metadata_path=metadata_path, transform=transform, records=records,
+                value_range=self.value_range,
             )  # fmt: skip
         train = self.datasets["train"]
         ids = [r.patch_id for r in train.records]

@@ -6,6 +6,8 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+from splml.runs import read_results
+
 #: What a run leaves that the report needs (results and per-epoch curves), relative to its folder.
 KEPT_FILES: tuple[str, ...] = ("results.json", "csv/metrics.csv", ".hydra/overrides.yaml")
 
@@ -16,12 +18,15 @@ def sync_runs(src: Path, dst: Path, kept: Sequence[str] = KEPT_FILES) -> int:
     Runs keep their folder names; files that are already identical are not copied again. Used
     both ways by the benchmark scripts: sweep folder -> archive after a sweep, and archive ->
     sweep folder before one (with ``skip_completed`` the sweep then only trains what is missing).
-    Returns the number of files copied.
+    Completed and failed runs are copied (the report lists failures); one whose results.json cannot
+    be read (a job killed while writing it) is not. Returns the number of files copied.
     """
     copied = 0
     if not src.is_dir():
         return copied
     for results in src.glob("*/results.json"):
+        if read_results(results) is None:
+            continue
         run = results.parent
         for name in kept:
             source, target = run / name, dst / run.name / name
