@@ -97,3 +97,20 @@ def test_figures_go_to_every_logger_that_shows_images(tmp_path):
     tensorboard.experiment.flush()
     (image,) = _events(tmp_path / "tb").Images("heatmaps")
     assert (image.step, image.width, image.height) == (7, 100, 50)
+
+
+def test_hparams_table_shows_the_scores_of_the_runs_task():
+    from types import SimpleNamespace
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from splml.callbacks.experiment_log import hparams_table_metrics
+
+    def trainer(monitor):  # last.ckpt's callback (no monitor) comes first: the monitored one decides
+        return SimpleNamespace(checkpoint_callbacks=[ModelCheckpoint(monitor=None), ModelCheckpoint(monitor=monitor)])
+
+    retrieval = SimpleNamespace(summary_metrics=("test/mAP@100", "test/mAP@all"))
+    assert hparams_table_metrics(trainer("val/mAP@100"), retrieval) == ("val/mAP@100", "test/mAP@100", "test/mAP@all")
+    assert hparams_table_metrics(SimpleNamespace(checkpoint_callbacks=[]), SimpleNamespace()) == (
+        "val/mAP_macro", "test/mAP_macro",
+    )

@@ -14,7 +14,7 @@ The head is ``conf/head/q2l.yaml`` as it stands (width 256 after the input proje
 feed-forward 1024, 1 encoder + 2 decoder layers, 4 heads, dropout 0.1). Runs are named by their
 overrides and ``skip_completed=true`` skips finished ones, so re-running only trains what is
 missing. Finished runs' ``results.json`` and ``csv/metrics.csv`` are archived in
-``experiments/q2l/runs_<size>px/`` (the same archive logic as experiments/methods/run_quality.py);
+``experiments/q2l/runs_<size>px/`` (``splml.utils.archive``, as every benchmark);
 the report (``python -m splml.report``, where a head other than the linear one is its own method,
 ``an+q2l``) goes to ``experiments/q2l/report_<size>px/`` and its table into
 ``experiments/q2l/README.md`` between the ``quality_<size>px`` markers.

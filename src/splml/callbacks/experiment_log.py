@@ -25,8 +25,8 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
 log = logging.getLogger(__name__)
 
-#: Scores TensorBoard's HParams table shows next to the config. The module logs them (every
-#: validation, and once at test); the table reads each run's latest value of these tags.
+#: Scores TensorBoard's HParams table shows next to the config when the run names none (see
+#: :func:`hparams_table_metrics`); the table reads each run's latest value of these tags.
 HPARAMS_TABLE_METRICS = ("val/mAP_macro", "test/mAP_macro")
 
 Scalar = bool | int | float | str
@@ -60,10 +60,21 @@ class LogRunConfig(L.Callback):
         for logger in trainer.loggers:
             logger.log_hyperparams(config)
             if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
-                _write_tensorboard_hparams(logger, flatten_config(config))
+                _write_tensorboard_hparams(logger, flatten_config(config), hparams_table_metrics(trainer, pl_module))
 
 
-def _write_tensorboard_hparams(logger: TensorBoardLogger, flat: dict[str, Scalar]) -> None:
+def hparams_table_metrics(trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[str, ...]:
+    """The task's scores: the metric the best checkpoint is chosen on, then the module's ``summary_metrics``.
+
+    Classification: ``val/mAP_macro``, ``test/mAP_macro``, ...; retrieval: ``val/mAP@100``,
+    ``test/mAP@100``, ... (:data:`HPARAMS_TABLE_METRICS` when neither is known).
+    """
+    monitors = [cb.monitor for cb in trainer.checkpoint_callbacks if getattr(cb, "monitor", None)]
+    metrics = [*monitors[:1], *getattr(pl_module, "summary_metrics", ())]
+    return tuple(dict.fromkeys(metrics)) or HPARAMS_TABLE_METRICS
+
+
+def _write_tensorboard_hparams(logger: TensorBoardLogger, flat: dict[str, Scalar], metrics: tuple[str, ...]) -> None:
     """The HParams table entry of this run, with the real score tags as its metric columns.
 
     Lightning's ``log_hyperparams(params, metrics)`` would also write a placeholder value of each
@@ -71,7 +82,7 @@ def _write_tensorboard_hparams(logger: TensorBoardLogger, flat: dict[str, Scalar
     """
     from torch.utils.tensorboard.summary import hparams
 
-    summaries = hparams(flat, dict.fromkeys(HPARAMS_TABLE_METRICS, 0.0))
+    summaries = hparams(flat, dict.fromkeys(metrics, 0.0))
     writer = logger.experiment._get_file_writer()  # the same event file as the run's scalars
     for summary in summaries:
         writer.add_summary(summary)
