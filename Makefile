@@ -7,7 +7,7 @@ STAMP := $(VENV)/.splml-installed
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install train test bench bench-methods clean
+.PHONY: install train test bench bench-methods bench-retrieval clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ bench: install
 # The method comparison sweep (hours on a 2-core CPU; resumable).
 bench-methods: install
 	$(PY) experiments/methods/run_quality.py
+
+# The retrieval comparison sweep (MACL vs SupCon, Jaccard-SupCon, MulSupCon; resumable).
+bench-retrieval: install
+	$(PY) experiments/retrieval/run_benchmark.py --jobs 2
 
 clean:
 	rm -rf logs .pytest_cache build src/*.egg-info

@@ -40,6 +40,20 @@ def _compare_source(text: str) -> int | str:
     return value
 
 
+def _value_range(text: str) -> tuple[str, tuple[float, float] | None]:
+    """``MODALITY=LOW,HIGH`` or ``MODALITY=none`` (the range is validated by the encoder)."""
+    modality, sep, bounds = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected MODALITY=LOW,HIGH or MODALITY=none (e.g. s1=-100,60), got {text!r}")
+    if bounds.strip().lower() in ("none", "null"):
+        return modality, None
+    try:
+        low, high = (float(v) for v in bounds.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH after {modality}=, got {bounds!r}") from None
+    return modality, (low, high)
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=(
@@ -85,10 +99,21 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the --compare-source sample")
     p.add_argument(
+        "--value-range",
+        type=_value_range,
+        action="append",
+        default=[],
+        metavar="MODALITY=LOW,HIGH|none",
+        help="accepted band values per modality, as the reader's dataset.datamodule.value_range (default: "
+        "s2=0,65535 i.e. any uint16, s1=-100,60 dB); a band with a value outside is a bad patch when "
+        "encoding and a problem for --verify. Repeat for both modalities; 'none' skips the check",
+    )
+    p.add_argument(
         "--verify",
         action="store_true",
         help="do not encode: decode every key of every metadata patch in --out and check band names, sizes, "
-        "dtypes, finite radar values and valid map codes; exit 1 naming each bad key",
+        "dtypes, finite values inside --value-range and valid map codes; exit 1 naming each bad key "
+        "(a truncated data.mdb is an error before anything is read)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
@@ -102,11 +127,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    value_range = dict(args.value_range)  # unnamed modalities keep their defaults
     try:
         if args.verify:
             result = verify_reben(
-                args.out, args.metadata, expect_maps=True if args.maps else None, progress=not args.quiet
-            )
+                args.out, args.metadata, expect_maps=True if args.maps else None, progress=not args.quiet,
+                value_range=value_range,
+            )  # fmt: skip
             for key, reason in result.problems:
                 print(f"BAD {key}: {reason}", file=sys.stderr)
             print(result.line())
@@ -123,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             workers=args.workers,
             compare_source=args.compare_source,
             seed=args.seed,
+            value_range=value_range,
         )
     except (EncodeError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

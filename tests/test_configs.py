@@ -10,7 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
-from splml.builders import build_callbacks, config_dir, register_resolvers
+from splml.builders import build_callbacks, build_loggers, config_dir, register_resolvers
 from splml.losses.base import SPMLLoss
 
 CONF = config_dir()
@@ -40,10 +40,11 @@ def test_groups_are_present():
         "labels": {"random", "dominant", "full", "manual"},
         "trainer": {"cpu", "gpu", "ddp", "ddp_cpu"},
         "logger": {"csv", "wandb", "tensorboard"},
-        "backbone": {"resnet18"},
-        "head": {"linear"},
+        "backbone": {"resnet18", "resnet101"},
+        "head": {"linear", "boostlu", "q2l"},
         "loss": {"full", "an"},
         "debug": {"fast"},
+        "task": {"classification", "retrieval"},
     }.items():
         assert expected <= set(options(group)), group
 
@@ -109,12 +110,41 @@ def test_wandb_logger_carries_group_tags_and_job_type(tmp_path, monkeypatch):
     assert init["tags"] == ["synthetic", "dominant", "en", "resnet18", "mine"]
 
 
+@pytest.mark.parametrize(
+    ("choice", "expected"),
+    [
+        ("csv", {"csv"}),
+        ("tensorboard", {"csv", "tensorboard"}),
+        ("wandb", {"csv", "wandb"}),
+        ("[wandb,tensorboard]", {"csv", "wandb", "tensorboard"}),
+        ("[csv,tensorboard]", {"csv", "tensorboard"}),
+    ],
+)
+def test_every_logger_choice_keeps_the_csv_log(tmp_path, monkeypatch, choice, expected):
+    """The report's curves and label_quality.png are read from csv/metrics.csv."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = compose_cli(tmp_path, f"logger={choice}")
+    assert set(cfg.logger) == expected
+    loggers = build_loggers(cfg)
+    assert len(loggers) == len(expected)
+    assert sum(isinstance(lg, CSVLogger) for lg in loggers) == 1
+
+
 def test_wandb_job_type_of_an_ablation_variant_is_its_name(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     cfg = compose_cli(tmp_path, "logger=wandb", "experiment=adagc_ablation", "ablation=adagc_no_mixup")
     init = instantiate(cfg.logger.wandb)._wandb_init
     assert init["job_type"] == "adagc_no_mixup"
     assert "adagc" in init["tags"] and "adagc_no_mixup" in init["tags"]
+
+
+def test_wandb_job_type_names_a_head_other_than_the_linear_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = compose_cli(tmp_path, "logger=wandb", "loss=en", "head=q2l")
+    init = instantiate(cfg.logger.wandb)._wandb_init
+    assert init["job_type"] == "en+q2l" and "en+q2l" in init["tags"]
 
 
 def test_unknown_override_key_is_a_clear_error(tmp_path):

@@ -242,6 +242,26 @@ def test_duplicate_indices_keep_the_first_occurrence() -> None:
     assert (store.heatmaps[0] == 51).all() and (store.heatmaps[1] == 153).all()
 
 
+@pytest.mark.parametrize("topk", [None, 2])
+def test_rows_the_sampler_added_as_padding_are_not_applied(topk: int | None) -> None:
+    """Sample 1 arrives only as a padding repeat (its real visit is on another rank, or later):
+    its maps, tracked classes and update count stay as they were; sample 0 is updated once."""
+    store = HeatmapStore(2, 3, momentum=0.0, grid_size=G, topk=topk)
+    trainer = fake_trainer(one_hot([0, 1], 3))
+    batch = make_batch([1, 0])
+    batch["padded"] = torch.tensor([True, False])
+    started(store, trainer, batch)
+    before = store.state_dict()["tensors"]
+    probs = torch.full((2, 3, G, G), 0.6)
+    store.on_train_batch_end(trainer, FakeModule(), step_outputs(probs), batch, 0)
+    assert torch.equal(store.heatmaps[1], before["maps"][1]), "a padded row changed the store"
+    assert not torch.equal(store.heatmaps[0], before["maps"][0])
+    if topk is not None:
+        assert store.classes[1].tolist() == before["classes"][1].tolist() == [1, -1]
+        assert store.classes[0].tolist() == [0, 1]
+    assert store.coverage().tolist() == [1, 0]
+
+
 def updated_store(**kwargs: Any) -> tuple[HeatmapStore, SimpleNamespace]:
     trainer = fake_trainer(one_hot([0, 2, 1], 3), step=5)
     store = HeatmapStore(3, 3, momentum=0.5, grid_size=G, **kwargs)

@@ -20,7 +20,7 @@ import rasterio
 import safetensors.numpy
 from affine import Affine
 
-from splml.data.reben import ReBENDataset, close_lmdb
+from splml.data.reben import DataFormatError, ReBENDataset, close_lmdb
 from splml.data.reben_encoder import (
     NOT_IN_METADATA_FILE,
     SKIPPED_FILE,
@@ -294,7 +294,8 @@ def test_duplicate_patch_ids_in_metadata_are_an_error(tree: Tree, tmp_path: Path
     table = pq.read_table(tree.metadata)
     extra = tmp_path / "extra.parquet"
     pq.write_table(table.slice(0, 1), extra)
-    with pytest.raises(EncodeError, match=f"duplicate patch_id {table['patch_id'][0].as_py()}"):
+    # The reader's metadata check refuses it (one home for the rule), naming both files.
+    with pytest.raises(DataFormatError, match=f"duplicate patch_id {table['patch_id'][0].as_py()}.*{extra}"):
         encode_reben(tree.s2, tree.s1, [tree.metadata, extra], tmp_path / "lmdb", progress=False)
 
 
@@ -336,3 +337,42 @@ def test_corrupt_patch_with_bad_source_is_deleted_under_skip_bad(tree: Tree, tmp
     keys = _lmdb_items(out)
     assert victim.patch_id.encode() not in keys and victim.s1_name.encode() not in keys
     assert dict(verify_reben(out, tree.metadata, progress=False).problems)[victim.patch_id].endswith("missing key")
+
+
+def test_verify_flags_absurd_values_and_the_range_is_configurable(tree: Tree, tmp_path: Path, capsys):
+    out = tmp_path / "lmdb"
+    tree.encode(out)
+    p0, p1 = _patches(tree)[:2]
+    with lmdb.open(str(out), readonly=True, lock=False) as env, env.begin() as txn:
+        s1 = safetensors.numpy.load(txn.get(p0.s1_name.encode()))
+        s2 = safetensors.numpy.load(txn.get(p1.patch_id.encode()))
+    s1["VH"][7, 8] = 1e30
+    s2["B11"][0, 0] = 50000
+    _put(out, p0.s1_name, safetensors.numpy.save(s1))
+    _put(out, p1.patch_id, safetensors.numpy.save(s2))
+
+    bad = dict(verify_reben(out, tree.metadata, progress=False).problems)
+    assert set(bad) == {p0.s1_name}  # the S2 default accepts every uint16 value
+    assert "tensor VH has value 1e+30 outside value_range.s1 [-100.0, 60.0] dB" in bad[p0.s1_name]
+    strict = dict(verify_reben(out, tree.metadata, progress=False, value_range={"s2": [0, 20000]}).problems)
+    assert set(strict) == {p0.s1_name, p1.patch_id} and "tensor B11 has value 50000" in strict[p1.patch_id]
+    assert verify_reben(out, tree.metadata, progress=False, value_range={"s1": None}).ok
+
+    script = _script()
+    args = ["--verify", "--quiet", "--metadata", str(tree.metadata), "--out", str(out)]
+    assert script.main(args) == 1
+    assert "1e+30" in capsys.readouterr().err
+    assert script.main([*args, "--value-range", "s1=none"]) == 0
+    assert script.main([*args, "--value-range", "s1=-100,60", "--value-range", "s2=0,20000"]) == 1
+    assert p1.patch_id in capsys.readouterr().err
+
+
+def test_absurd_source_value_is_a_bad_patch(tree: Tree, tmp_path: Path):
+    p = _patches(tree)[1]
+    arr = np.zeros((120, 120), np.float32)
+    arr[1, 2] = -3e38
+    _write_tif(tree.s1_band(p.s1_name, "VV"), arr)
+    with pytest.raises(EncodeError, match=rf"{p.patch_id}.*_VV.tif: has value -3e\+38 outside value_range.s1"):
+        tree.encode(tmp_path / "lmdb")
+    summary = tree.encode(tmp_path / "lmdb", value_range={"s1": None})
+    assert summary.encoded == 4 and summary.bad == []

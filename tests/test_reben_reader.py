@@ -197,3 +197,117 @@ def test_lmdb_reopens_after_fork(tiny_reben):
     batch = next(iter(loader))
     assert batch["image"].shape == (4, 3, 120, 120)
     torch.testing.assert_close(batch["image"][0], ds[0]["image"])
+
+
+def _set_column(path: Path, name: str, values: list) -> None:
+    table = pq.read_table(path)
+    table = table.set_column(table.column_names.index(name), name, pa.array(values, table.schema.field(name).type))
+    pq.write_table(table, path)
+
+
+def test_duplicate_s1_names_are_named_with_their_rows_and_the_file(tiny_reben, tmp_path):
+    root = _copy(tiny_reben, tmp_path)
+    meta = root / "metadata.parquet"
+    table = pq.read_table(meta).to_pydict()
+    s1, pid = table["s1_name"], table["patch_id"]
+    s1[7], s1[30] = s1[2], s1[11]  # two radar keys each claimed by a second patch
+    _set_column(meta, "s1_name", s1)
+    for read in (lambda: read_metadata(meta), lambda: ReBENDataset(root, "train")):
+        with pytest.raises(DataFormatError) as info:
+            read()
+        message = str(info.value)
+        assert str(meta) in message and "duplicate s1_name" in message
+        for first, second in ((2, 7), (11, 30)):
+            assert s1[first] in message
+            assert f"row {first} (patch {pid[first]})" in message and f"row {second} (patch {pid[second]})" in message
+
+
+def test_duplicate_patch_ids_are_all_named(tiny_reben, tmp_path):
+    root = _copy(tiny_reben, tmp_path)
+    meta = root / "metadata.parquet"
+    pid = pq.read_table(meta).to_pydict()["patch_id"]
+    pid[5], pid[9] = pid[1], pid[3]
+    _set_column(meta, "patch_id", pid)
+    with pytest.raises(DataFormatError) as info:
+        read_metadata(meta)
+    message = str(info.value)
+    assert str(meta) in message
+    assert f"duplicate patch_id {pid[1]}" in message and f"duplicate patch_id {pid[3]}" in message
+    assert "row 5" in message and "row 9" in message
+
+
+def _put_band(root: Path, key: str, band: str, row: int, col: int, value: float) -> None:
+    arrays = safetensors.numpy.load(_get(root, key))
+    arrays[band][row, col] = value
+    _put(root, key, safetensors.numpy.save(arrays))
+
+
+def test_absurd_radar_value_is_an_error_naming_patch_band_and_value(tiny_reben, tmp_path):
+    root = _copy(tiny_reben, tmp_path)
+    ds = ReBENDataset(root, "train", bands="all")
+    key = ds.records[4].s1_name
+    _put_band(root, key, "VH", 10, 20, 1e30)
+    with pytest.raises(DataFormatError) as info:
+        ds[4]
+    message = str(info.value)
+    assert key in message and "band VH" in message and "1e+30" in message
+    assert "value_range.s1" in message and "[-100.0, 60.0]" in message
+    # The other patches and the same patch's S2 bands are unaffected.
+    assert torch.isfinite(ds[3]["image"]).all()
+    assert ReBENDataset(root, "train", bands="s2")[4]["image"].shape == (10, 120, 120)
+
+
+def test_value_range_is_configurable_and_can_be_disabled(tiny_reben, tmp_path):
+    root = _copy(tiny_reben, tmp_path)
+    ds = ReBENDataset(root, "train", bands="all")
+    s1_key, s2_key = ds.records[0].s1_name, ds.records[1].patch_id
+    _put_band(root, s1_key, "VV", 0, 0, -1e30)
+    _put_band(root, s2_key, "B05", 1, 2, 60000)
+    # S2 by default: any uint16 reflectance is accepted.
+    assert ds[1]["image"].shape == (12, 120, 120)
+    unchecked = ReBENDataset(root, "train", bands="all", value_range={"s1": None})
+    assert unchecked.read_bands(0)[0].min() == -1e30
+    strict = ReBENDataset(root, "train", bands="all", value_range={"s2": [0, 20000]})
+    with pytest.raises(DataFormatError, match=rf"{s2_key}.*band B05.*60000.*value_range.s2"):
+        strict[1]
+    with pytest.raises(DataFormatError, match=rf"{s1_key}.*band VV.*-1e\+30"):
+        strict[0]
+    everything_off = ReBENDataset(root, "train", bands="all", value_range=None)
+    assert everything_off.read_bands(0)[0].min() == -1e30
+    with pytest.raises(ValueError, match="value_range.*'s3'"):
+        ReBENDataset(root, "train", value_range={"s3": [0, 1]})
+    with pytest.raises(ValueError, match=r"value_range.s1.*\[5, -5\]"):
+        ReBENDataset(root, "train", value_range={"s1": [5, -5]})
+
+
+def test_nan_is_still_an_error_with_the_value_range_disabled(tiny_reben, tmp_path):
+    root = _copy(tiny_reben, tmp_path)
+    ds = ReBENDataset(root, "train", bands="s1", value_range=None)
+    key = ds.records[0].s1_name
+    _put_band(root, key, "VH", 3, 4, np.nan)
+    with pytest.raises(DataFormatError, match=rf"{key}.*band VH contains NaN or inf"):
+        ds[0]
+
+
+def test_value_range_reaches_the_reader_from_the_dataset_config(tiny_reben, tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from splml.builders import build_datamodule, config_dir, register_resolvers
+
+    root = _copy(tiny_reben, tmp_path)
+    ds = ReBENDataset(root, "train", bands="s1")
+    _put_band(root, ds.records[0].s1_name, "VV", 5, 5, 1e30)
+    register_resolvers()
+    for overrides, fails in (([], True), (["dataset.datamodule.value_range.s1=null"], False)):
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            cfg = compose(
+                "train", overrides=["dataset=ben", f"dataset.root={root}", "dataset.datamodule.bands=s1", *overrides]
+            )
+        dm = build_datamodule(cfg)
+        dm.setup("fit")
+        train = dm.datasets["train"]
+        if fails:
+            with pytest.raises(DataFormatError, match=r"1e\+30"):
+                train[0]
+        else:
+            assert train.read_bands(0).max() == 1e30

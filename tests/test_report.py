@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -19,11 +20,14 @@ def _write(
     status: str = "completed",
     ablation: str | None = None,
     labels: str = "random",
+    overrides: list[str] | None = None,
 ) -> None:
     run = root / name
     run.mkdir(parents=True)
     choices = {"dataset": "synthetic", "labels": labels, "loss": loss, "backbone": "resnet18", "ablation": ablation}
     result = {"status": status, "seed": seed, "choices": choices}
+    if overrides is not None:
+        result["overrides"] = overrides
     if status == "completed":
         result.update({"test/mAP_macro": mAP, "test/mAP_micro": mAP, "test/F1_macro": mAP})
     else:
@@ -59,6 +63,60 @@ def test_report_keeps_ablation_variants_apart_from_the_full_method(tmp_path):
     rows = {line.split("|")[3].strip(): line for line in table.splitlines() if line.startswith("| synthetic")}
     assert set(rows) == {"adagc", "adagc_no_mixup"}
     assert "61.00 ± 1.41" in rows["adagc"] and "41.00 ± 1.41" in rows["adagc_no_mixup"]
+
+
+def test_report_keeps_other_heads_apart_from_the_linear_head(tmp_path):
+    for k, (head, mAP) in enumerate([("linear", 50.0), ("linear", 52.0), ("q2l", 60.0), ("q2l", 62.0), (None, 54.0)]):
+        _write(tmp_path, str(k), "an", k, mAP)
+        results = json.loads((tmp_path / str(k) / "results.json").read_text())
+        if head is not None:  # results written before heads were recorded count as the linear head
+            results["choices"]["head"] = head
+        (tmp_path / str(k) / "results.json").write_text(json.dumps(results))
+    main([str(tmp_path), "--out", str(tmp_path / "out")])
+    table = (tmp_path / "out" / "table.md").read_text()
+    rows = {line.split("|")[3].strip(): line for line in table.splitlines() if line.startswith("| synthetic")}
+    assert set(rows) == {"an", "an+q2l"}
+    assert "52.00 ± 2.00" in rows["an"] and "61.00 ± 1.41" in rows["an+q2l"]
+
+
+def test_report_averages_only_over_seeds_and_names_the_settings_that_differ(tmp_path, caplog):
+    # An lr sweep of AN (overrides recorded in results.json) and EN at the default lr.
+    for i, (lr, seed, mAP) in enumerate([("0.01", 1, 50.0), ("0.01", 2, 52.0), ("0.001", 1, 60.0), ("0.001", 2, 62.0)]):
+        _write(tmp_path, f"an{i}", "an", seed, mAP, overrides=["loss=an", f"optim.lr={lr}", f"seed={seed}"])
+    _write(tmp_path, "en0", "en", 1, 40.0, overrides=["loss=en", "seed=1", "skip_completed=true"])
+    _write(tmp_path, "en1", "en", 2, 42.0, overrides=["loss=en", "seed=2", "paths.cache_dir=/elsewhere"])
+    # Runs written before results.json recorded the overrides: read from .hydra/overrides.yaml.
+    for name, seed, mAP, gamma in [("scl0", 1, 70.0, "0.5"), ("scl1", 2, 72.0, "0.5"), ("scl2", 1, 30.0, "2.0")]:
+        _write(tmp_path, name, "en_scl", seed, mAP)
+        (tmp_path / name / ".hydra").mkdir()
+        (tmp_path / name / ".hydra" / "overrides.yaml").write_text(
+            f"- loss=en_scl\n- seed={seed}\n- loss.gamma={gamma}\n"
+        )
+    with caplog.at_level(logging.WARNING):
+        main([str(tmp_path), "--out", str(tmp_path / "out")])
+    table = (tmp_path / "out" / "table.md").read_text()
+    rows = {line.split("|")[3].strip(): line for line in table.splitlines() if line.startswith("| synthetic")}
+    assert set(rows) == {"an [optim.lr=0.01]", "an [optim.lr=0.001]", "en", "en_scl [loss.gamma=0.5]",
+                         "en_scl [loss.gamma=2.0]"}  # fmt: skip
+    assert "51.00 ± 1.41" in rows["an [optim.lr=0.01]"] and "61.00 ± 1.41" in rows["an [optim.lr=0.001]"]
+    assert "41.00 ± 1.41" in rows["en"], "skip_completed and paths do not make another setting"
+    assert "71.00 ± 1.41" in rows["en_scl [loss.gamma=0.5]"]
+    wide = (tmp_path / "out" / "table_wide.md").read_text()
+    assert "| an [optim.lr=0.001] | *61.00 ± 1.41* |" in wide
+    assert "Duplicate seeds" not in table and not caplog.records
+
+
+def test_report_warns_on_a_seed_counted_twice(tmp_path, caplog):
+    _write(tmp_path, "a", "an", 1, 50.0, overrides=["loss=an", "seed=1"])
+    _write(tmp_path, "b", "an", 1, 54.0, overrides=["loss=an", "seed=1"])
+    _write(tmp_path, "c", "an", 2, 52.0, overrides=["loss=an", "seed=2"])
+    with caplog.at_level(logging.WARNING):
+        main([str(tmp_path), "--out", str(tmp_path / "out")])
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "Duplicate seeds (1), averaged as if distinct:" in table
+    note = next(line for line in table.splitlines() if line.startswith("- synthetic / random / an"))
+    assert "seed 1 in 2 runs" in note and str(tmp_path / "a") in note and str(tmp_path / "b") in note
+    assert "seed 1 in 2 runs" in caplog.text
 
 
 def test_wide_table_has_methods_as_rows_and_ranks_each_column(tmp_path):

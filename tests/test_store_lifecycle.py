@@ -75,10 +75,12 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, loss):
 
 def test_two_process_ddp_keeps_stores_identical_and_complete(tmp_path):
     """2 CPU processes (gloo): each rank checks the store checksums at every epoch end (a mismatch
-    aborts the run); every sample must have updated the store exactly once per epoch."""
+    aborts the run); every sample must have updated each store exactly once per epoch. EN+SCL
+    carries both kinds of store: the EMA scores and the heatmaps (whose rows travel with their
+    own update path)."""
     run_dir = tmp_path / "ddp"
     cmd = [
-        sys.executable, "-m", "splml.train", "trainer=ddp_cpu", "loss=en_cl", "trainer.max_epochs=2",
+        sys.executable, "-m", "splml.train", "trainer=ddp_cpu", "loss=en_scl", "trainer.max_epochs=2",
         "dataset.datamodule.synthetic.n_train=48", "dataset.datamodule.synthetic.n_validation=24",
         "dataset.datamodule.synthetic.n_test=24", "dataset.datamodule.max_samples.train=45",
         "dataset.datamodule.batch_size=8", "backbone=resnet10t",
@@ -89,8 +91,9 @@ def test_two_process_ddp_keeps_stores_identical_and_complete(tmp_path):
     assert proc.returncode == 0, proc.stderr[-5000:]
     results = json.loads((run_dir / "results.json").read_text())
     assert results["test/num_samples"] == 24, "every test sample evaluated once across the two ranks"
-    state = _callback_states(run_dir / "checkpoints" / "last.ckpt")["ScoreStore"]
-    counts = state["tensors"]["update_count"]
-    # 45 samples on 2 ranks -> one padded repeat per epoch, which must not count twice.
-    assert counts.shape == (45,)
-    assert torch.equal(counts, torch.full((45,), 2, dtype=counts.dtype))
+    states = _callback_states(run_dir / "checkpoints" / "last.ckpt")
+    for name in STORE_LOSSES["en_scl"]:
+        counts = states[name]["tensors"]["update_count"]
+        # 45 samples on 2 ranks -> one padded repeat per epoch, which must not count twice.
+        assert counts.shape == (45,), name
+        assert torch.equal(counts, torch.full((45,), 2, dtype=counts.dtype)), name

@@ -39,19 +39,19 @@ HERE = Path(__file__).resolve().parent
 
 def build_lmdb(root: Path, patches: int) -> Path:
     """An LMDB + metadata.parquet of ``patches`` train patches, replicated from the synthetic dataset."""
-    import lmdb
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from splml.data.reben import open_reben_lmdb
     from splml.data.reben_format import METADATA_FILE
     from splml.data.synthetic import SyntheticConfig, ensure_synthetic
 
     source = ensure_synthetic(root / "source", SyntheticConfig())
     meta = pq.read_table(source / METADATA_FILE).to_pylist()
-    src_env = lmdb.open(str(source / "lmdb"), readonly=True, lock=False)
+    src_env = open_reben_lmdb(source / "lmdb", lock=False)
     out = root / "reben"
     (out / "lmdb").mkdir(parents=True, exist_ok=True)
-    env = lmdb.open(str(out / "lmdb"), map_size=400_000 * patches + (1 << 30))
+    env = open_reben_lmdb(out / "lmdb", readonly=False, map_size=400_000 * patches + (1 << 30))
     rows = []
     with src_env.begin() as src, env.begin(write=True) as txn:
         for n in range(patches):

@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+from splml.utils.archive import sync_runs as sync
 from splml.utils.markdown import write_generated_block
 
 HERE = Path(__file__).resolve().parent
@@ -41,24 +41,6 @@ ALL_LOSSES = [
     "ll_r", "ll_ct", "ll_cp", "em", "em_apl", "asl", "focal", "hill", "splc", "gr",
 ]  # fmt: skip
 ADAGC_VARIANTS = ["none", "adagc_fixed_trigger", "adagc_single_ema", "adagc_no_mixup", "adagc_teacher_every4"]
-#: What a run leaves that the report needs (results and per-epoch curves), relative to its folder.
-KEPT_FILES = ("results.json", "csv/metrics.csv", ".hydra/overrides.yaml")
-
-
-def sync(src: Path, dst: Path) -> int:
-    """Copy the kept files of every completed run below ``src`` to ``dst`` (same run names)."""
-    copied = 0
-    if not src.is_dir():
-        return copied
-    for results in src.glob("*/results.json"):
-        run = results.parent
-        for name in KEPT_FILES:
-            source, target = run / name, dst / run.name / name
-            if source.is_file() and (not target.is_file() or target.read_bytes() != source.read_bytes()):
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(source, target)
-                copied += 1
-    return copied
 
 
 def sweep_command(args: argparse.Namespace, experiment: str, varied: str, *extra: str) -> list[str]:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from splml.runs import is_completed, read_results
 from splml.utils.markdown import write_generated_block
 
 HERE = Path(__file__).resolve().parent
@@ -35,8 +36,10 @@ SETTINGS = {
 def train_once(setting: list[str], seed: int, out_dir: Path, overrides: list[str]) -> dict:
     run_dir = out_dir / f"{'_'.join(s.split('=')[1] for s in setting)}_seed{seed}"
     results = run_dir / "results.json"
-    if not results.is_file():  # resumable: finished runs are kept
-        cmd = [sys.executable, "-m", "splml.train", *setting, f"seed={seed}", f"hydra.run.dir={run_dir}", *overrides]
+    if not (results.is_file() and is_completed(read_results(results))):
+        # Completed runs are kept; skip_completed resumes a killed one from its last.ckpt.
+        cmd = [sys.executable, "-m", "splml.train", *setting, f"seed={seed}", f"hydra.run.dir={run_dir}",
+               "skip_completed=true", *overrides]  # fmt: skip
         print("+", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     return json.loads(results.read_text())

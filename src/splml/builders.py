@@ -11,14 +11,19 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from splml.data.datamodule import ReBENDataModule
+from splml.losses.base import SPMLLoss
 from splml.models.model import SPMLModel
-from splml.module import SPMLModule
+from splml.models.projection import RetrievalModel
+from splml.module import SPMLTrainingModule
 from splml.utils.naming import method_name
 
 log = logging.getLogger(__name__)
 
 #: The config groups whose choice identifies a run (recorded in results.json and logger tags).
-CHOICE_GROUPS = ("dataset", "labels", "loss", "backbone", "head", "trainer", "logger", "experiment", "ablation")
+CHOICE_GROUPS = ("task", "dataset", "labels", "loss", "backbone", "head", "trainer", "logger", "experiment", "ablation")
+
+#: The task of a config without a ``task`` node (checkpoints written before tasks existed).
+DEFAULT_TASK = {"name": "classification", "module": {"_target_": "splml.module.SPMLModule"}}
 
 
 def project_root() -> Path:
@@ -43,6 +48,10 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("splml_method", method_name)
     if not OmegaConf.has_resolver("splml_mkdir"):
         OmegaConf.register_new_resolver("splml_mkdir", _mkdir)
+    if not OmegaConf.has_resolver("splml_job_dir"):
+        from splml.runs import job_dir_name
+
+        OmegaConf.register_new_resolver("splml_job_dir", job_dir_name)
 
 
 def _mkdir(path: str) -> str:
@@ -62,30 +71,91 @@ def _flatten_tags(*parts: Any) -> list[str]:
     return out
 
 
+def task_config(cfg: DictConfig) -> DictConfig:
+    """The run's ``task`` node (classification for configs that predate the group)."""
+    task = cfg.get("task")
+    return task if task is not None else OmegaConf.create(DEFAULT_TASK)
+
+
 def build_datamodule(cfg: DictConfig) -> ReBENDataModule:
     labels = instantiate(cfg.labels)
-    return instantiate(cfg.dataset.datamodule, labels=labels, _convert_="all")
+    datamodule = instantiate(cfg.dataset.datamodule, labels=labels, _convert_="all")
+    views = task_config(cfg).get("train_views", 1)
+    if views != 1:
+        datamodule.set_train_views(views)
+    return datamodule
 
 
-def build_model(cfg: DictConfig, datamodule: ReBENDataModule) -> SPMLModel:
+def build_backbone(cfg: DictConfig, datamodule: ReBENDataModule) -> tuple[Any, int]:
+    """The backbone for the data's channels, and its feature width."""
     backbone = instantiate(cfg.backbone, in_chans=datamodule.num_channels)
     num_features = getattr(backbone, "num_features", None)
     if num_features is None:
         raise ValueError(f"backbone {cfg.backbone} does not expose num_features")
-    head = instantiate(cfg.head, in_features=int(num_features), num_classes=datamodule.num_classes)
+    return backbone, int(num_features)
+
+
+def build_model(cfg: DictConfig, datamodule: ReBENDataModule) -> SPMLModel:
+    backbone, num_features = build_backbone(cfg, datamodule)
+    head = instantiate(cfg.head, in_features=num_features, num_classes=datamodule.num_classes)
     return SPMLModel(backbone, head)
 
 
-def build_module(cfg: DictConfig, datamodule: ReBENDataModule) -> SPMLModule:
-    model = build_model(cfg, datamodule)
-    loss = instantiate(cfg.loss)
-    return SPMLModule(
-        model=model,
-        loss=loss,
-        num_classes=datamodule.num_classes,
-        class_names=datamodule.class_names,
-        **OmegaConf.to_container(cfg.optim, resolve=True),  # type: ignore[arg-type]
+def build_retrieval_model(cfg: DictConfig, datamodule: ReBENDataModule) -> RetrievalModel:
+    backbone, num_features = build_backbone(cfg, datamodule)
+    task = task_config(cfg)
+    projection = instantiate(task.projection, in_features=num_features)
+    return RetrievalModel(backbone, projection, embedding=task.embedding)
+
+
+def _optim(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg.optim, resolve=True)  # type: ignore[return-value]
+
+
+def _build_classification(cfg: DictConfig, datamodule: ReBENDataModule, loss: SPMLLoss) -> SPMLTrainingModule:
+    return instantiate(
+        task_config(cfg).module, model=build_model(cfg, datamodule), loss=loss, num_classes=datamodule.num_classes,
+        class_names=list(datamodule.class_names), **_optim(cfg), _convert_="all",
+    )  # fmt: skip
+
+
+def _build_retrieval(cfg: DictConfig, datamodule: ReBENDataModule, loss: SPMLLoss) -> SPMLTrainingModule:
+    optim = _optim(cfg)
+    optim.pop("threshold", None)  # the decision threshold of classification F1; retrieval only ranks
+    return instantiate(
+        task_config(cfg).module, model=build_retrieval_model(cfg, datamodule), loss=loss,
+        database=datamodule.database_dataloader, num_classes=datamodule.num_classes,
+        class_names=list(datamodule.class_names), **optim, _convert_="all",
+    )  # fmt: skip
+
+
+#: ``task.name`` -> how its LightningModule is built (model, loss, evaluation).
+TASK_BUILDERS = {"classification": _build_classification, "retrieval": _build_retrieval}
+
+
+def check_loss_fits_task(loss: SPMLLoss, task: str) -> None:
+    """A classification loss reads logits, a contrastive one embeddings: refuse a mismatch by name."""
+    if loss.task == task:
+        return
+    if loss.task == "retrieval":
+        raise ValueError(
+            f"loss={loss.name} is a contrastive retrieval loss and needs task=retrieval (this run has "
+            f"task={task}); classification losses are an, full, en, ... (README, Methods)"
+        )
+    raise ValueError(
+        f"loss={loss.name} is a {loss.task} loss, but task={task} trains with a contrastive loss: "
+        "loss=supcon, jaccard_supcon, mulsupcon or macl (README, Retrieval)"
     )
+
+
+def build_module(cfg: DictConfig, datamodule: ReBENDataModule) -> SPMLTrainingModule:
+    """The LightningModule of the run's task (``task.name``), with the model and loss of the config."""
+    task = str(task_config(cfg).name)
+    if task not in TASK_BUILDERS:
+        raise ValueError(f"task.name={task!r} is not a task; known: {sorted(TASK_BUILDERS)}")
+    loss = instantiate(cfg.loss)
+    check_loss_fits_task(loss, task)
+    return TASK_BUILDERS[task](cfg, datamodule, loss)
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:

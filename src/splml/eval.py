@@ -1,7 +1,12 @@
 """Evaluate a trained checkpoint: ``python -m splml.eval ckpt_path=<run>/checkpoints/best.ckpt``.
 
 The run's resolved config travels inside the checkpoint, so nothing but the checkpoint is
-needed; ``dataset_overrides.<key>=...`` adapts the data paths to another machine.
+needed; ``+dataset_overrides.<key>=...`` adapts the data paths to another machine. The run's task
+decides the evaluation: classification metrics, or retrieval of the split's images from the
+training split (``retrieval_grid.png`` is then written into this command's run folder).
+Weights that
+do not fit the model the (overridden) config builds are a :class:`CheckpointMismatchError`
+naming the checkpoint, the first differing keys and shapes, and what would fit.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +23,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from splml.builders import build_datamodule, build_module, config_dir, register_resolvers
+from splml.config_checks import check_run_config
+from splml.data.reben_format import BAND_SETS
 
 log = logging.getLogger(__name__)
 register_resolvers()
@@ -32,16 +40,137 @@ def load_run_config(ckpt_path: Path) -> tuple[DictConfig, dict[str, Any]]:
     return OmegaConf.create(ckpt["splml_config"]), ckpt
 
 
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's weights do not fit the model that its (possibly overridden) config builds."""
+
+
+#: How many differing keys of each kind an error lists.
+_MAX_KEYS = 5
+
+
+def check_weights_fit(
+    model_state: Mapping[str, torch.Tensor],
+    ckpt_state: Mapping[str, torch.Tensor],
+    *,
+    ckpt_path: Path,
+    run_cfg: DictConfig,
+    stored_datamodule: DictConfig,
+    num_channels: int,
+    num_classes: int,
+) -> None:
+    """Raise :class:`CheckpointMismatchError` unless ``ckpt_state`` loads strictly into ``model_state``.
+
+    The message names the first missing, unexpected and differently shaped keys, reads from the
+    weights the input channels and classes they were trained for, and names the
+    ``dataset_overrides`` that changed the data settings (``stored_datamodule`` is the
+    checkpoint's own ``dataset.datamodule``, ``run_cfg`` the config after the overrides).
+    """
+    missing = [k for k in model_state if k not in ckpt_state]
+    unexpected = [k for k in ckpt_state if k not in model_state]
+    reshaped = [k for k in model_state if k in ckpt_state and ckpt_state[k].shape != model_state[k].shape]
+    if not (missing or unexpected or reshaped):
+        return
+    head = str(run_cfg.head.get("_target_", "?")).rsplit(".", 1)[-1]
+    model = (
+        f"backbone={run_cfg.backbone.get('name')}, head={head}, {num_channels} input channels, {num_classes} classes"
+    )
+    lines = [f"{ckpt_path}: the checkpoint's weights do not fit the model built from its config ({model}):"]
+    shapes = [f"{k}: checkpoint {_shape(ckpt_state[k])}, model {_shape(model_state[k])}" for k in reshaped]
+    for label, items in (
+        ("shape differs", shapes),
+        ("missing from the checkpoint", missing),
+        ("not in the model", unexpected),
+    ):
+        if items:
+            more = f" ... ({len(items)} in all)" if len(items) > _MAX_KEYS else ""
+            lines.append(f"  {label}: {'; '.join(items[:_MAX_KEYS])}{more}")
+    lines += _what_would_fit(
+        model_state, ckpt_state, reshaped, run_cfg, stored_datamodule, num_channels=num_channels,
+        num_classes=num_classes,
+    )  # fmt: skip
+    if missing or unexpected:
+        lines.append(
+            "Layer names differ: the weights come from another architecture than the one the config describes; "
+            "the config stored in the checkpoint (splml_config) was changed or its state_dict replaced, so evaluate "
+            "it with the config it was trained with."
+        )
+    raise CheckpointMismatchError("\n".join(lines))
+
+
+def _shape(t: torch.Tensor) -> tuple[int, ...]:
+    return tuple(t.shape)
+
+
+def _what_would_fit(
+    model_state: Mapping[str, torch.Tensor],
+    ckpt_state: Mapping[str, torch.Tensor],
+    reshaped: list[str],
+    run_cfg: DictConfig,
+    stored_datamodule: DictConfig,
+    *,
+    num_channels: int,
+    num_classes: int,
+) -> list[str]:
+    """Lines saying which data settings the weights were trained for, read from their first and last layers."""
+    lines = []
+    datamodule = run_cfg.dataset.datamodule
+    # The first convolution of the backbone reads the input; the head's weight has one row per class.
+    first_conv = next((k for k, v in ckpt_state.items() if k.startswith("model.backbone.") and v.ndim == 4), None)
+    if (
+        first_conv in reshaped
+        and model_state[first_conv].ndim == 4
+        and model_state[first_conv].shape[1] == num_channels
+    ):
+        wanted = int(ckpt_state[first_conv].shape[1])
+        line = f"The weights take {wanted} input channels"
+        if "bands" in datamodule:
+            sets = [name for name, bands in BAND_SETS.items() if len(bands) == wanted]
+            fits = f"; band sets of {wanted} bands: {sets}" if sets else f"; give a list of {wanted} band names"
+            line += f": dataset.datamodule.bands={_plain(datamodule.bands)} gives {num_channels}{fits}"
+        lines.append(line + ".")
+    head_weight = next((k for k, v in ckpt_state.items() if k.startswith("model.head.") and v.ndim >= 2), None)
+    if (
+        head_weight in reshaped
+        and model_state[head_weight].ndim >= 2
+        and model_state[head_weight].shape[0] == num_classes
+    ):
+        lines.append(
+            f"The weights predict {int(ckpt_state[head_weight].shape[0])} classes; the data gives {num_classes}."
+        )
+    changed = {
+        k: v for k, v in OmegaConf.to_container(datamodule, resolve=True).items()  # type: ignore[union-attr]
+        if k not in stored_datamodule or _plain(stored_datamodule[k]) != v
+    }  # fmt: skip
+    if changed:
+        listed = ", ".join(f"{k}={v}" for k, v in changed.items())
+        lines.append(
+            f"dataset_overrides changed {listed} (the checkpoint's config has "
+            + ", ".join(f"{k}={_plain(stored_datamodule.get(k))}" for k in changed)
+            + "): drop the overrides that change the band set or the classes."
+        )
+    return lines
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = Path(cfg.ckpt_path).expanduser().resolve()
     run_cfg, ckpt = load_run_config(ckpt_path)
     if cfg.split not in ("test", "validation"):
         raise ValueError(f"split must be 'test' or 'validation', got {cfg.split!r}")
+    stored_datamodule = run_cfg.dataset.datamodule.copy()
     run_cfg.dataset.datamodule = OmegaConf.merge(run_cfg.dataset.datamodule, cfg.get("dataset_overrides") or {})
+    check_run_config(run_cfg, training=False)
     datamodule = build_datamodule(run_cfg)
     datamodule.prepare_data()
     datamodule.setup("test")
     module = build_module(run_cfg, datamodule)
+    check_weights_fit(
+        module.state_dict(), ckpt["state_dict"], ckpt_path=ckpt_path, run_cfg=run_cfg,
+        stored_datamodule=stored_datamodule, num_channels=datamodule.num_channels, num_classes=datamodule.num_classes,
+    )  # fmt: skip
     module.load_state_dict(ckpt["state_dict"])
     trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[])
     if cfg.split == "test":
@@ -60,12 +189,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         Path(cfg.output_file) if cfg.get("output_file") else ckpt_path.parent.parent / f"eval_{cfg.split}_results.json"
     )
     out.write_text(json.dumps(results, indent=2))
-    log.info(
-        "%s mAP macro %.2f -> %s",
-        cfg.split,
-        metrics[f"{'test' if cfg.split == 'test' else 'validation'}/mAP_macro"],
-        out,
-    )
+    prefix = "test" if cfg.split == "test" else "validation"
+    summary = [k.replace("test/", f"{prefix}/", 1) for k in module.summary_metrics]
+    log.info("%s -> %s", " | ".join(f"{k} {metrics[k]:.2f}" for k in summary if k in metrics), out)
     return results
 
 

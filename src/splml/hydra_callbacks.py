@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+
+from splml.runs import RESULTS_FILE, is_completed, read_results
 
 log = logging.getLogger(__name__)
 
@@ -36,17 +37,17 @@ class SweepSummary(Callback):
 def summarize_sweep(sweep_dir: Path) -> list[str]:
     """Markdown lines: counts of completed / failed runs and one line per failed run."""
     completed, failed, unreadable = [], [], []
-    for path in sorted(sweep_dir.rglob("results.json")) if sweep_dir.is_dir() else []:
-        try:
-            result = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            unreadable.append(f"{path.parent}: {exc}")
-            continue
+    for path in sorted(sweep_dir.rglob(RESULTS_FILE)) if sweep_dir.is_dir() else []:
         run = str(path.parent.relative_to(sweep_dir))
-        if result.get("status", "completed") == "completed":
+        result = read_results(path)
+        if result is None:
+            unreadable.append(run)
+            continue
+        if is_completed(result):
             completed.append(run)
         else:
             failed.append(f"{run}: {result.get('error', 'failed')}")
     lines = [f"sweep {sweep_dir}: {len(completed)} completed, {len(failed)} failed, {len(unreadable)} unreadable"]
-    lines += [f"- failed: {f}" for f in failed] + [f"- unreadable results.json: {u}" for u in unreadable]
+    lines += [f"- failed: {f}" for f in failed]
+    lines += [f"- unreadable: {u}/{RESULTS_FILE} (skip_completed=true re-runs it)" for u in unreadable]
     return lines

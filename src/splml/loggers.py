@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import csv
-import os
+import logging
+from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
+
+log = logging.getLogger(__name__)
 
 
 def _parse(value: str) -> float | int | str:
@@ -19,25 +22,65 @@ def _parse(value: str) -> float | int | str:
     return value
 
 
-class ResumableCSVLogger(CSVLogger):
-    """Lightning's CSV logger, except that a resumed run keeps the rows already written.
+def read_metric_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a Lightning ``metrics.csv``, blanks left out."""
+    with open(path, newline="") as fh:
+        return [{k: _parse(v) for k, v in row.items() if v != ""} for row in csv.DictReader(fh)]
 
-    Lightning deletes ``metrics.csv`` when its folder exists, so resuming a run into the same
-    directory would silently lose the metrics of every epoch before the checkpoint. The rows are
-    read back before that happens and written out again with the new ones.
+
+class ResumableCSVLogger(CSVLogger):
+    """Lightning's CSV logger, except that a resumed run's ``metrics.csv`` starts with the rows of the run it resumes.
+
+    ``resume_from`` is the checkpoint the run resumes from (``${ckpt_path}``). Its run's
+    ``metrics.csv`` is found next to it (``<run>/checkpoints/last.ckpt`` -> ``<run>/csv/``, right
+    even when that folder was moved) or in the run folder recorded in the checkpoint. The rows
+    of every epoch up to the checkpoint's are copied in before anything new is logged, whether
+    the run resumes into the same folder (where Lightning would delete the file) or into another
+    one; rows of an epoch the interrupted run did not finish, and its test rows, are left out, as
+    the resumed run logs them again. So the log of a resumed run equals the uninterrupted run's.
     """
+
+    def __init__(self, *args: Any, resume_from: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.resume_from = resume_from
 
     @property
     @rank_zero_experiment
     def experiment(self) -> Any:
         if self._experiment is not None:
             return self._experiment
-        previous: list[dict[str, Any]] = []
-        path = os.path.join(self.log_dir, "metrics.csv")
-        if os.path.isfile(path):
-            with open(path, newline="") as fh:
-                previous = [{k: _parse(v) for k, v in row.items() if v != ""} for row in csv.DictReader(fh)]
+        previous = self._rows_before_resume() if self.resume_from else []
         experiment = super().experiment
         if previous:
             experiment.metrics = previous + experiment.metrics
+            experiment.save()  # the history is on disk before the first new row
         return experiment
+
+    def _rows_before_resume(self) -> list[dict[str, Any]]:
+        from splml.runs import checkpoint_run_dirs, load_checkpoint
+
+        ckpt_path = Path(str(self.resume_from))
+        ckpt = load_checkpoint(ckpt_path)
+        last_epoch = ckpt.get("epoch")
+        relative = Path(self.log_dir).resolve().relative_to(Path(self.save_dir).resolve())
+        looked = [run / relative / "metrics.csv" for run in checkpoint_run_dirs(ckpt_path, ckpt)]
+        found = next((p for p in looked if p.is_file()), None)
+        if found is None:
+            log.warning(
+                "no metrics.csv of the run resumed from %s (looked at %s): this run's metrics.csv starts at the "
+                "epoch after the checkpoint", ckpt_path, ", ".join(map(str, looked)),
+            )  # fmt: skip
+            return []
+        last_step = ckpt.get("global_step")
+
+        def before_checkpoint(row: dict[str, Any]) -> bool:
+            if any(str(k).startswith("test/") for k in row):
+                return False
+            if isinstance(row.get("epoch"), int):
+                return last_epoch is None or row["epoch"] <= last_epoch
+            # Rows without an epoch (learning rates, logged per step): only the steps the checkpoint has done.
+            return last_step is None or not isinstance(row.get("step"), int) or row["step"] < last_step
+
+        rows = [row for row in read_metric_rows(found) if before_checkpoint(row)]
+        log.info("metrics.csv continues the %d rows of %s up to epoch %s", len(rows), found, last_epoch)
+        return rows

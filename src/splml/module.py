@@ -1,9 +1,12 @@
-"""The one LightningModule of the suite.
+"""The LightningModules of the suite: training shared by every task, evaluation per task.
 
-It knows nothing about individual methods: the loss object (``loss=`` group) turns model
+They know nothing about individual methods: the loss object (``loss=`` group) turns model
 outputs and the batch into a scalar, and callbacks that own per-sample state attach what the
-loss needs to ``batch["extras"]`` before the forward pass. Evaluation is identical for every
-method: probabilities on every validation/test sample against the full labels.
+loss needs to ``batch["extras"]`` before the forward pass. :class:`SPMLTrainingModule` holds
+everything that is not evaluation (training step, optimiser, schedule, linear probe);
+:class:`SPMLModule` evaluates classification, identically for every method: probabilities on
+every validation/test sample against the full labels. ``task=retrieval`` uses
+:class:`splml.retrieval_module.RetrievalModule` instead.
 """
 
 from __future__ import annotations
@@ -25,44 +28,46 @@ from splml.metrics import MultiLabelMetricAccumulator
 warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
 
 
-class SPMLModule(L.LightningModule):
-    """Trains ``model`` with ``loss``; evaluates macro/micro mAP and the other metrics."""
+class SPMLTrainingModule(L.LightningModule):
+    """Trains ``model`` (with ``backbone`` and ``head`` parts) with ``loss``; subclasses evaluate.
+
+    Subclasses fill ``last_val_metrics`` / ``last_test_metrics`` (``val/...``, ``test/...``
+    keys) and name in ``summary_metrics`` the test metrics a run's log line reports.
+    """
+
+    #: Test metrics that the training script prints at the end of a run.
+    summary_metrics: tuple[str, ...] = ()
 
     def __init__(
         self,
         model: nn.Module,
         loss: SPMLLoss,
-        num_classes: int,
-        class_names: Sequence[str] | None = None,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         head_lr_mult: float = 1.0,
         optimizer: str = "adam",
         scheduler: str | None = "cosine",
         warmup_epochs: int = 0,
-        threshold: float = 0.5,
         linear_probe_epochs: int = 0,
         linear_probe_lr: float | None = None,
     ) -> None:
         super().__init__()
         self.model = model
         self.loss = loss
-        self.num_classes = num_classes
-        self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
         self.lr, self.weight_decay, self.head_lr_mult = lr, weight_decay, head_lr_mult
         self.optimizer_name, self.scheduler_name, self.warmup_epochs = optimizer, scheduler, warmup_epochs
         # "Linear init" of the SPML papers: the backbone is frozen (weights and BN statistics)
         # for the first linear_probe_epochs while the head trains at linear_probe_lr.
         self.linear_probe_epochs = int(linear_probe_epochs)
         self.linear_probe_lr = float(linear_probe_lr) if linear_probe_lr is not None else lr
-        metric_kwargs = {"num_classes": num_classes, "class_names": self.class_names, "threshold": threshold}
-        self.val_metrics = MultiLabelMetricAccumulator(**metric_kwargs)
-        self.test_metrics = MultiLabelMetricAccumulator(**metric_kwargs)
         #: Filled by on_test_epoch_end so scripts can write results without parsing loggers.
         self.last_test_metrics: dict[str, float] = {}
         self.last_val_metrics: dict[str, float] = {}
         #: The resolved run config; saved in every checkpoint so ``splml.eval`` can rebuild the run.
         self.run_config: dict[str, Any] | None = None
+        #: The job's identity overrides (splml.runs), saved in every checkpoint so that a re-run
+        #: sweep recognises the interrupted run of a job.
+        self.run_overrides: list[str] | None = None
         # Per-epoch counts (selected, correct, hidden positives) of a loss's pseudo-positives.
         self._pseudo_counts: Tensor | None = None
 
@@ -135,46 +140,21 @@ class SPMLModule(L.LightningModule):
         }
         self.log_dict({k: v for k, v in values.items() if math.isfinite(v)}, sync_dist=False)
 
-    # -- evaluation -------------------------------------------------------------------------
-    def _eval_step(self, batch: dict[str, Any], metrics: MultiLabelMetricAccumulator) -> None:
-        probs = self.model(batch["image"])["logits"].sigmoid()
-        metrics.update(probs.float(), batch["target"], batch["index"])
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, self.val_metrics)
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, self.test_metrics)
-
-    def _log_metrics(self, prefix: str, metrics: MultiLabelMetricAccumulator) -> dict[str, float]:
-        values = metrics.compute()
-        metrics.reset()
-        scalars = {f"{prefix}/{k}": float(v) for k, v in values.items() if isinstance(v, (int, float))}
-        # NaN (e.g. a k-split without images) would poison checkpoint monitoring; log only finite values.
-        self.log_dict({k: v for k, v in scalars.items() if math.isfinite(v)}, sync_dist=False)
-        return scalars
-
-    def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking:
-            self.val_metrics.reset()
-            return
-        self.last_val_metrics = self._log_metrics("val", self.val_metrics)
-
-    def on_test_epoch_end(self) -> None:
-        self.last_test_metrics = self._log_metrics("test", self.test_metrics)
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.run_config is not None:
             checkpoint["splml_config"] = self.run_config
+        if self.run_overrides is not None:
+            checkpoint["splml_overrides"] = self.run_overrides
 
     # -- optimisation -----------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
         head_params = list(self.model.head.parameters())
         head_ids = {id(p) for p in head_params}
         backbone_params = [p for p in self.model.parameters() if id(p) not in head_ids]
+        # Named groups: the learning-rate monitor logs lr-<Optimizer>/backbone and .../head.
         groups = [
-            {"params": backbone_params, "lr": self.lr},
-            {"params": head_params, "lr": self.lr * self.head_lr_mult},
+            {"name": "backbone", "params": backbone_params, "lr": self.lr},
+            {"name": "head", "params": head_params, "lr": self.lr * self.head_lr_mult},
         ]
         if self.optimizer_name == "adam":
             opt = torch.optim.Adam(groups, lr=self.lr, weight_decay=self.weight_decay)
@@ -211,3 +191,53 @@ class SPMLModule(L.LightningModule):
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, [backbone_factor, head_factor])
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class SPMLModule(SPMLTrainingModule):
+    """Classification: trains ``model`` with ``loss``; evaluates macro/micro mAP and the other metrics."""
+
+    summary_metrics = ("test/mAP_macro", "test/mAP_micro", "test/F1_macro")
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: SPMLLoss,
+        num_classes: int,
+        class_names: Sequence[str] | None = None,
+        threshold: float = 0.5,
+        **optim: Any,
+    ) -> None:
+        super().__init__(model, loss, **optim)
+        self.num_classes = num_classes
+        self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
+        metric_kwargs = {"num_classes": num_classes, "class_names": self.class_names, "threshold": threshold}
+        self.val_metrics = MultiLabelMetricAccumulator(**metric_kwargs)
+        self.test_metrics = MultiLabelMetricAccumulator(**metric_kwargs)
+
+    # -- evaluation -------------------------------------------------------------------------
+    def _eval_step(self, batch: dict[str, Any], metrics: MultiLabelMetricAccumulator) -> None:
+        probs = self.model(batch["image"])["logits"].sigmoid()
+        metrics.update(probs.float(), batch["target"], batch["index"])
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, self.val_metrics)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, self.test_metrics)
+
+    def _log_metrics(self, prefix: str, metrics: MultiLabelMetricAccumulator) -> dict[str, float]:
+        values = metrics.compute()
+        metrics.reset()
+        scalars = {f"{prefix}/{k}": float(v) for k, v in values.items() if isinstance(v, (int, float))}
+        # NaN (e.g. a k-split without images) would poison checkpoint monitoring; log only finite values.
+        self.log_dict({k: v for k, v in scalars.items() if math.isfinite(v)}, sync_dist=False)
+        return scalars
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            self.val_metrics.reset()
+            return
+        self.last_val_metrics = self._log_metrics("val", self.val_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        self.last_test_metrics = self._log_metrics("test", self.test_metrics)

@@ -1,15 +1,18 @@
 """Turn finished runs into comparison tables: ``python -m splml.report <dir or glob> [...]``.
 
 Reads every ``results.json`` below the given folders (not W&B, so it works offline), groups
-runs by dataset, label mode, loss and backbone, and writes the mean and standard deviation over
-seeds as Markdown and CSV. Failed runs (``status: failed``) and groups with fewer seeds than
-the others are shown as such, never averaged away silently.
+runs by dataset, label mode, method (the loss or its ablation variant, with ``+<head>`` for a
+head other than the linear one), backbone and every other override of the job except the
+seed (so an lr sweep gives one row per lr, named ``an [optim.lr=0.01]``), and writes the mean and
+standard deviation over seeds as Markdown and CSV. Failed runs (``status: failed``), groups with
+fewer seeds than the others and seeds counted twice in a group are shown as such, never averaged
+away silently.
 
 With ``--out`` it also writes what goes into a paper or a review without re-plotting by hand: a
 LaTeX table (``table.tex``), the papers' layout of the first metric (``table_wide.md``/``.tex``:
 methods as rows, one column per dataset and label mode), a per-class AP table per (dataset,
 labels) block, and PNG figures (method means with std error bars and every seed, per-class AP
-heat map, validation mAP curves, and the extra-positive precision/recall curves of the methods
+heat map, validation curves of the metric the best checkpoint was chosen on, and the extra-positive precision/recall curves of the methods
 that log them). Curves come from each
 run's ``csv/metrics.csv``; a run without it is simply left out of the curves.
 """
@@ -20,6 +23,7 @@ import argparse
 import csv
 import glob
 import json
+import logging
 import math
 import re
 import statistics
@@ -29,15 +33,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from splml.runs import is_completed, override_key, recorded_overrides
 from splml.utils.naming import method_name
 
+log = logging.getLogger(__name__)
+
+#: Columns for runs whose results.json predates ``summary_metrics`` (classification runs).
 DEFAULT_METRICS = ("test/mAP_macro", "test/mAP_micro", "test/F1_macro")
+#: Curve column for runs whose results.json predates ``best_metric``.
+DEFAULT_SELECTION_METRIC = "val/mAP_macro"
 GROUP_KEYS = ("dataset", "labels", "loss", "backbone")
 
 
 @dataclass
 class RunGroup:
-    """Runs sharing dataset, labels, method and backbone (method = the ablation name if set, else the loss)."""
+    """Runs sharing dataset, labels, method, backbone and setting: they differ only by their seed.
+
+    The method is the ablation name if set, else the loss (``+<head>`` with a head other than the
+    linear one), followed by the overrides that set
+    this group apart from the method's other settings (``an [optim.lr=0.01]``), if it has any.
+    """
 
     key: tuple[str, ...]
     results: list[dict[str, Any]] = field(default_factory=list)
@@ -71,8 +86,43 @@ def find_results(paths: Sequence[str]) -> list[Path]:
     return sorted(found)
 
 
+#: Overrides that do not make a different setting: the seed (what a group averages over), the
+#: groups already in the key, and those that change nothing a run computes.
+NOT_A_SETTING = ("seed", "skip_completed", "ckpt_path", "logger", "tags", "group", *GROUP_KEYS, "ablation", "head")
+NOT_A_SETTING_PREFIXES = ("paths.", "logger.", "hydra.")
+
+
+def run_settings(run_dir: Path, result: dict[str, Any]) -> dict[str, str]:
+    """The overrides that make this run's setting, by key (``optim.lr`` -> ``optim.lr=0.01``).
+
+    From ``results.json`` (``overrides``), else the run's ``.hydra/overrides.yaml``; a run with
+    neither has no settings beyond its group choices.
+    """
+    settings = {}
+    for override in recorded_overrides(run_dir, result) or []:
+        key = override_key(override)
+        if key not in NOT_A_SETTING and not key.startswith(NOT_A_SETTING_PREFIXES):
+            settings[key] = override
+    return settings
+
+
+def setting_labels(settings: Sequence[dict[str, str]]) -> list[str]:
+    """For settings of one method: what tells each apart, e.g. ``[optim.lr=0.01]``; "" when only one."""
+    if len(settings) < 2:
+        return [""] * len(settings)
+    keys = sorted({k for s in settings for k in s})
+    differing = [k for k in keys if len({s.get(k) for s in settings}) > 1]
+    return [" [" + ", ".join(s.get(k, f"{k}=(default)") for k in differing) + "]" for s in settings]
+
+
 def group_runs(files: Iterable[Path]) -> dict[tuple[str, ...], RunGroup]:
-    groups: dict[tuple[str, ...], RunGroup] = {}
+    """Runs grouped by dataset, labels, method, backbone and every other override but the seed.
+
+    Runs of one method in several settings (an lr sweep, Optuna trials) become one group each,
+    their method named with the overrides that differ (``an [optim.lr=0.01]``).
+    """
+    by_setting: dict[tuple[str, ...], dict[frozenset[tuple[str, str]], list[tuple[Path, dict[str, Any]]]]]
+    by_setting = defaultdict(lambda: defaultdict(list))
     for path in files:
         try:
             result = json.loads(path.read_text())
@@ -80,15 +130,60 @@ def group_runs(files: Iterable[Path]) -> dict[tuple[str, ...], RunGroup]:
             raise ValueError(f"{path}: not valid JSON ({exc})") from exc
         choices = result.get("choices") or {}
         key = tuple(str(choices.get(k, "?")) for k in GROUP_KEYS)
-        # A named variant (conf/ablation/) is its own method, never averaged with the full loss.
-        key = (key[0], key[1], method_name(key[2], choices.get("ablation")), key[3])
-        group = groups.setdefault(key, RunGroup(key))
-        if result.get("status", "completed") != "completed":
-            group.failed.append(f"{path.parent} ({result.get('error', 'failed')})")
-        else:
-            group.results.append(result)
-            group.run_dirs.append(path.parent)
+        # A named variant (conf/ablation/) or another head is its own method, never averaged with the full loss.
+        key = (key[0], key[1], method_name(key[2], choices.get("ablation"), choices.get("head")), key[3])
+        settings = frozenset(run_settings(path.parent, result).items())
+        by_setting[key][settings].append((path, result))
+    groups: dict[tuple[str, ...], RunGroup] = {}
+    for key, variants in by_setting.items():
+        ordered = sorted(variants, key=lambda s: sorted(s))
+        for settings, label in zip(ordered, setting_labels([dict(s) for s in ordered]), strict=True):
+            group_key = (key[0], key[1], key[2] + label, key[3])
+            group = groups.setdefault(group_key, RunGroup(group_key))
+            for path, result in variants[settings]:
+                if not is_completed(result):
+                    group.failed.append(f"{path.parent} ({result.get('error', 'failed')})")
+                else:
+                    group.results.append(result)
+                    group.run_dirs.append(path.parent)
     return groups
+
+
+def _completed(groups: dict[tuple[str, ...], RunGroup]) -> list[dict[str, Any]]:
+    return [result for key in sorted(groups) for result in groups[key].results]
+
+
+def default_metrics(groups: dict[tuple[str, ...], RunGroup]) -> list[str]:
+    """The table's columns when none are asked for: what the runs name as their summary.
+
+    Each results.json lists its task's ``summary_metrics`` (classification: macro/micro mAP and
+    F1; retrieval: mAP@K, mAP@all, nDCG@K, WAP@K); their union in order of appearance, or
+    :data:`DEFAULT_METRICS` for runs written before results named them.
+    """
+    metrics: list[str] = []
+    for result in _completed(groups):
+        for metric in result.get("summary_metrics") or DEFAULT_METRICS:
+            if metric not in metrics:
+                metrics.append(metric)
+    return metrics or list(DEFAULT_METRICS)
+
+
+def selection_metric(groups: dict[tuple[str, ...], RunGroup]) -> str:
+    """The validation metric the runs chose their best checkpoint on (the curves' column)."""
+    return next((r["best_metric"] for r in _completed(groups) if r.get("best_metric")), DEFAULT_SELECTION_METRIC)
+
+
+def duplicate_seeds(groups: dict[tuple[str, ...], RunGroup]) -> list[str]:
+    """One line per seed that a group counts more than once (its std is then not over distinct seeds)."""
+    lines = []
+    for key, group in sorted(groups.items()):
+        runs: dict[Any, list[str]] = defaultdict(list)
+        for result, run_dir in zip(group.results, group.run_dirs, strict=True):
+            runs[result.get("seed")].append(str(run_dir))
+        for seed, dirs in sorted(runs.items(), key=lambda item: str(item[0])):
+            if len(dirs) > 1:
+                lines.append(f"{' / '.join(key[:3])} ({key[3]}): seed {seed} in {len(dirs)} runs ({', '.join(dirs)})")
+    return lines
 
 
 def format_table(groups: dict[tuple[str, ...], RunGroup], metrics: Sequence[str]) -> list[str]:
@@ -376,7 +471,8 @@ def write_plots(groups: dict[tuple[str, ...], RunGroup], metric: str, out: Path)
             ax.set_title(f"{title}: per-class AP (mean over seeds)")
             save(fig, f"per_class_AP_{suffix}.png")
 
-        curves = [(g, mean_curve(g, "val/mAP_macro")) for g in sorted(members, key=lambda g: g.key[2:])]
+        curve_column = selection_metric(groups)
+        curves = [(g, mean_curve(g, curve_column)) for g in sorted(members, key=lambda g: g.key[2:])]
         curves = [(g, c) for g, c in curves if c[0]]
         if curves:
             fig, ax = plt.subplots(figsize=(7 + 1.2 * (len(curves) > 12), 4))
@@ -384,7 +480,7 @@ def write_plots(groups: dict[tuple[str, ...], RunGroup], metric: str, out: Path)
                 ax.plot(epochs, values, label=label(group), **line_style(i))
             ax.set_xlabel("epoch")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.set_ylabel("val/mAP_macro (mean over seeds)")
+            ax.set_ylabel(f"{curve_column} (mean over seeds)")
             ax.set_title(f"{title}: training curves")
             ax.legend(fontsize=7, ncol=1 + (len(curves) > 12), loc="upper left", bbox_to_anchor=(1.01, 1.0))
             save(fig, f"curves_{suffix}.png")
@@ -467,15 +563,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m splml.report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("paths", nargs="+", help="run or sweep folders, results.json files, or globs")
-    parser.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS))
+    parser.add_argument("--metrics", nargs="+", default=None,
+                        help="columns (the first one ranks and plots); default: the runs' summary_metrics")  # fmt: skip
     parser.add_argument("--out", type=Path, default=None,
                         help="folder for table.md/.csv/.tex, per-class AP tables and PNG figures")  # fmt: skip
     args = parser.parse_args(argv)
     groups = group_runs(find_results(args.paths))
+    args.metrics = args.metrics or default_metrics(groups)
     lines = format_table(groups, args.metrics)
     failures = [f for g in groups.values() for f in g.failed]
     if failures:
         lines += ["", f"Failed runs ({len(failures)}):", *[f"- {f}" for f in failures]]
+    duplicates = duplicate_seeds(groups)
+    for line in duplicates:
+        log.warning("duplicate seed: %s", line)
+    if duplicates:
+        lines += ["", f"Duplicate seeds ({len(duplicates)}), averaged as if distinct:", *[f"- {d}" for d in duplicates]]
     print("\n".join(lines))
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)

@@ -1,13 +1,14 @@
 """Train one model: ``python -m splml.train dataset=synthetic labels=random loss=an``.
 
 Writes into the run directory: the resolved config (``.hydra/``), checkpoints (``best.ckpt``
-chosen on validation macro mAP, ``last.ckpt`` for resuming), metrics per epoch (``csv/``), the
-observed training labels, and ``results.json`` with the test metrics of the best checkpoint.
+chosen on the task's validation metric, ``callbacks.model_checkpoint.monitor``; ``last.ckpt``
+for resuming), metrics per epoch (``csv/``), the observed training labels, and ``results.json``
+with the test metrics of the best checkpoint. The task (``task=``) decides the model and the
+evaluation; this script only runs it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -19,7 +20,7 @@ import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from splml.builders import (
     CHOICE_GROUPS,
@@ -30,6 +31,8 @@ from splml.builders import (
     config_dir,
     register_resolvers,
 )
+from splml.config_checks import check_run_config
+from splml.runs import RESULTS_FILE, JobPlan, identity_overrides, plan_job, write_results
 
 log = logging.getLogger(__name__)
 register_resolvers()
@@ -49,8 +52,16 @@ def run_choices(cfg: DictConfig) -> dict[str, Any]:
     return choices
 
 
+def job_overrides() -> list[str] | None:
+    """This job's identity overrides (see :mod:`splml.runs`); None outside a Hydra command."""
+    if not HydraConfig.initialized():
+        return None
+    return identity_overrides(HydraConfig.get().overrides.task)
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, test the best checkpoint, and write ``results.json``; returns its content."""
+    check_run_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
@@ -61,6 +72,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup("fit")
     module = build_module(cfg, datamodule)
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
+    module.run_overrides = job_overrides()
     callbacks = build_callbacks(cfg) + module.loss.callbacks(
         num_samples=len(datamodule.datasets["train"]), num_classes=datamodule.num_classes
     )
@@ -83,14 +95,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     results: dict[str, Any] = {
         **_finite(module.last_test_metrics),
-        "val/mAP_macro_best": float(best_score) if best_score is not None else None,
+        # e.g. val/mAP_macro_best (classification), val/mAP@100_best (retrieval)
+        f"{best.monitor}_best": float(best_score) if best_score is not None else None,
+        "best_metric": best.monitor,
+        "summary_metrics": list(module.summary_metrics),
         "best_epoch": best_ckpt,
         "best_checkpoint": str(best_path),
         "seed": int(cfg.seed),
         "choices": run_choices(cfg),
+        "overrides": job_overrides(),
+        "resumed_from": cfg.get("ckpt_path"),
         "config": {
             k: OmegaConf.to_container(cfg[k], resolve=True)
-            for k in ("dataset", "labels", "loss", "backbone", "head", "optim")
+            for k in ("task", "dataset", "labels", "loss", "backbone", "head", "optim")
         },
         "class_names": list(datamodule.class_names),
         "class_order": "original",
@@ -99,13 +116,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "status": "completed",
     }
     if trainer.is_global_zero:
-        (output_dir / "results.json").write_text(json.dumps(results, indent=2))
-        log.info(
-            "test mAP macro %.2f | micro %.2f | F1 macro %.2f (best epoch %s) -> %s",
-            results["test/mAP_macro"], results["test/mAP_micro"], results["test/F1_macro"],
-            results["best_epoch"], output_dir / "results.json",
-        )  # fmt: skip
+        write_results(output_dir / RESULTS_FILE, results)
+        summary = " | ".join(f"{k} {results[k]:.2f}" for k in module.summary_metrics if results.get(k) is not None)
+        log.info("%s (best epoch %s) -> %s", summary, results["best_epoch"], output_dir / "results.json")
     return results
+
+
+def best_score(results: dict[str, Any]) -> float | None:
+    """The validation score the best checkpoint was chosen on (what Hydra sweepers maximise)."""
+    return results.get(f"{results.get('best_metric', 'val/mAP_macro')}_best")
 
 
 def _read_best_epoch(path: str) -> int | None:
@@ -125,19 +144,33 @@ def _record_failure(cfg: DictConfig, exc: BaseException) -> None:
         "traceback": traceback.format_exc(),
         "seed": int(cfg.seed),
         "choices": run_choices(cfg),
+        "overrides": job_overrides(),
     }
-    (output_dir / "results.json").write_text(json.dumps(failure, indent=2))
+    write_results(output_dir / RESULTS_FILE, failure)
     log.error("run failed (%s); recorded in %s and the sweep continues", failure["error"], output_dir / "results.json")
+
+
+def continue_job(cfg: DictConfig) -> JobPlan:
+    """``skip_completed``: find a completed run of this job, or an interrupted one to resume (sets ``ckpt_path``)."""
+    overrides = job_overrides() or []
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    sweep_dir = Path(HydraConfig.get().sweep.dir) if multirun else None
+    plan = plan_job(Path(cfg.paths.output_dir), overrides, int(cfg.seed), run_choices(cfg), sweep_dir=sweep_dir)
+    if plan.completed_dir is not None:
+        log.info("skip_completed: %s holds a completed run of this job", plan.completed_dir)
+    elif plan.resume_from is not None and not cfg.get("ckpt_path"):
+        log.info("skip_completed: resuming the interrupted run of this job from %s", plan.resume_from)
+        with open_dict(cfg):
+            cfg.ckpt_path = str(plan.resume_from)
+    return plan
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    done = Path(cfg.paths.output_dir) / "results.json"
-    if cfg.get("skip_completed") and done.is_file():
-        previous = json.loads(done.read_text())
-        if previous.get("status") == "completed":
-            log.info("skip_completed: %s already holds a completed run", done.parent)
-            return previous.get("val/mAP_macro_best")
+    if cfg.get("skip_completed"):
+        plan = continue_job(cfg)
+        if plan.result is not None:
+            return best_score(plan.result)
     try:
         results = train(cfg)
     except Exception as exc:
@@ -146,7 +179,7 @@ def main(cfg: DictConfig) -> float | None:
             return None
         raise
     # Returned for Hydra sweepers (Optuna maximises the validation score).
-    return results.get("val/mAP_macro_best")
+    return best_score(results)
 
 
 if __name__ == "__main__":

@@ -33,8 +33,10 @@ Storage (uint8, 0..255 encodes 0..1), initialised 255 at the annotated class, 0 
   reference to a snapshot file (path, shape, blake2b checksum), not the array.
 
 Distributed training: each rank computes the updated rows of its own samples, the rows are
-gathered (rank order) and every rank writes the same bytes, so the stores stay bit-identical;
-repeated indices (sampler padding) keep their first occurrence.
+gathered through the store base (:meth:`StoreCallback.gather_updates`, rank order) and every
+rank writes the same bytes, so the stores stay bit-identical; rows the sampler added as padding
+are never written and a repeated index keeps its first occurrence, so each sample updates its
+heatmaps exactly once per epoch (``coverage``).
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from splml.callbacks.store import StoreCallback, distributed_ready, first_occurrence, gather_rows
+from splml.callbacks.experiment_log import log_figure
+from splml.callbacks.store import StoreCallback, distributed_ready
 
 #: Name of the live memory-mapped store inside ``memmap_dir``.
 LIVE_FILE = "heatmaps.uint8"
@@ -440,7 +443,7 @@ class HeatmapStore(StoreCallback):
         if classes is None:
             values, visible = backward_warp(maps, boxes, hflip, vflip, int(self.meta["width"]))
             rows = ema_update(old, values, visible, self.momentum)
-            gathered = gather_rows(idx.to(device), rows)
+            self.apply_rows(*self.gather_updates(batch, rows))
         else:
             logits = model_out.get("logits")
             probs = logits.float().sigmoid() if logits is not None else maps.mean(dim=(-2, -1))
@@ -448,19 +451,20 @@ class HeatmapStore(StoreCallback):
             tracked = maps.gather(1, chosen[:, :, None, None].expand(-1, -1, *maps.shape[-2:]))
             values, visible = backward_warp(tracked, boxes, hflip, vflip, int(self.meta["width"]))
             rows = ema_update(old, values, visible, self.momentum)
-            gathered = gather_rows(idx.to(device), rows, chosen)
-        self.apply_rows(*gathered)
+            self.apply_rows(*self.gather_updates(batch, rows, chosen))
         self._global_step = int(getattr(trainer, "global_step", self._global_step))
 
     def apply_rows(self, indices: Tensor, rows: Tensor, classes: Tensor | None = None) -> None:
-        """Write gathered rows (and top-k classes); the first occurrence of a repeated index wins."""
+        """Write the rows (and top-k classes) returned by :meth:`gather_updates`.
+
+        That gather has already dropped padding rows and repeated indices, and counted the updates.
+        """
         store = self.heatmaps
         assert store is not None
-        keep = first_occurrence(indices)
-        idx = indices[keep].long().cpu()
-        store[idx] = rows[keep].cpu().to(torch.uint8)
+        idx = indices.long().cpu()
+        store[idx] = rows.cpu().to(torch.uint8)
         if classes is not None:
-            self.tensors["classes"][idx] = classes[keep].cpu().long()
+            self.tensors["classes"][idx] = classes.cpu().long()
         self.meta["updates"] = int(self.meta.get("updates", 0)) + 1
 
     # -- per-class means (diagnostics) --------------------------------------------------------
@@ -510,7 +514,7 @@ class HeatmapStore(StoreCallback):
         return every > 0 and getattr(trainer, "is_global_zero", True) and (trainer.current_epoch + 1) % every == 0
 
     def _plot_epoch(self, trainer: L.Trainer, truth: Tensor) -> Path | None:
-        """Heatmaps of a few fixed images (ones with several true labels) as PNG and in W&B."""
+        """Heatmaps of a few fixed images (ones with several true labels) as PNG and in the loggers."""
         candidates = torch.nonzero(truth.sum(1) >= 2).flatten()[: self.plot_num_samples].tolist()
         if not candidates:
             return None
@@ -519,9 +523,7 @@ class HeatmapStore(StoreCallback):
         names = list(getattr(train, "class_names", [str(c) for c in range(self.num_classes)]))
         out = Path(trainer.default_root_dir) / "heatmaps" / f"epoch_{trainer.current_epoch:03d}.png"
         path = self.plot_heatmaps(candidates, names, out, truth)
-        for logger in trainer.loggers:
-            if hasattr(logger, "log_image") and type(logger).__name__ == "WandbLogger":
-                logger.log_image(key="heatmaps", images=[str(path)], step=trainer.global_step)
+        log_figure(trainer, "heatmaps", path)
         return path
 
     def plot_heatmaps(

@@ -1,4 +1,4 @@
-"""Label-quality curves of a run, as a PNG next to it and an image in W&B.
+"""Label-quality curves of a run, as a PNG next to it and an image in W&B / TensorBoard.
 
 Methods that add positives beyond the annotated label (expected positives, LL corrections,
 pseudo-labels) log, per epoch, the precision and recall of those positives against the hidden
@@ -12,12 +12,17 @@ figure of the whole run. Methods that log none of the columns get no figure.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.loggers import CSVLogger
+
+from splml.callbacks.experiment_log import log_figure
+
+log = logging.getLogger(__name__)
 
 #: (column, panel label) of the figure, in panel order.
 DEFAULT_PANELS: tuple[tuple[str, str], ...] = (
@@ -28,11 +33,12 @@ DEFAULT_PANELS: tuple[tuple[str, str], ...] = (
 
 
 class LabelQualityPlot(L.Callback):
-    """Writes ``label_quality.png`` in the run folder (and logs it to W&B) every epoch and at the end."""
+    """Writes ``label_quality.png`` in the run folder (and logs it to W&B / TensorBoard) every epoch and at the end."""
 
     def __init__(self, panels: Sequence[Sequence[str]] = DEFAULT_PANELS, filename: str = "label_quality.png") -> None:
         self.panels = [(str(column), str(label)) for column, label in panels]
         self.filename = filename
+        self._warned_no_csv = False
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.current_epoch > 0:
@@ -47,6 +53,9 @@ class LabelQualityPlot(L.Callback):
             return None
         csv_logger = next((lg for lg in trainer.loggers if isinstance(lg, CSVLogger)), None)
         if csv_logger is None:
+            if not self._warned_no_csv:
+                log.warning("label_quality.png is drawn from the CSV log, and this run has no CSV logger: no figure")
+                self._warned_no_csv = True
             return None
         csv_logger.save()  # rows of the epoch just finished may still be buffered
         from splml.report import plot_label_quality, read_epoch_metrics
@@ -68,11 +77,5 @@ class LabelQualityPlot(L.Callback):
         out.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(out, dpi=100, bbox_inches="tight")
         plt.close(fig)
-        self._log_image(trainer, out)
+        log_figure(trainer, "label_quality", out)
         return out
-
-    @staticmethod
-    def _log_image(trainer: L.Trainer, path: Path) -> None:
-        for logger in trainer.loggers:
-            if type(logger).__name__ == "WandbLogger" and hasattr(logger, "log_image"):
-                logger.log_image(key="label_quality", images=[str(path)], step=trainer.global_step)

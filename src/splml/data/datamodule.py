@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,9 +14,17 @@ from torch.utils.data import DataLoader
 
 from splml.data.labels import LabelSource, RandomSinglePositive, save_observed
 from splml.data.reben import ReBENDataset, read_metadata, reference_map_to_class_counts
-from splml.data.reben_format import CLASS_NAMES, METADATA_FILE, PATCH_SIZE, resolve_band_set
+from splml.data.reben_format import (
+    CLASS_NAMES,
+    METADATA_FILE,
+    PATCH_SIZE,
+    VALUE_RANGES,
+    resolve_band_set,
+    resolve_value_range,
+)
 from splml.data.sampler import EpochSeededSampler
 from splml.data.transforms import RecordedSpatialAugment
+from splml.data.views import MultiViewDataset
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +36,13 @@ class SplitDataModule(L.LightningDataModule):
     :class:`EpochSeededSampler`, which also splits the data across DDP ranks, so the training
     order and augmentation draws depend only on (seed, epoch, index) and every sample is
     evaluated exactly once.
+
+    ``train_views`` > 1 (set with :meth:`set_train_views`; contrastive training) makes every
+    training item carry that many augmented views of its image (:class:`MultiViewDataset`).
     """
+
+    #: Augmented views per training image (1 = the plain batch contract).
+    train_views: int = 1
 
     def __init__(
         self,
@@ -46,13 +61,24 @@ class SplitDataModule(L.LightningDataModule):
         self.persistent_workers = persistent_workers and num_workers > 0
         self.seed = int(seed)
         self.datasets: dict[str, Any] = {}
+        # Database loaders by (rank, world size), reused across evaluations.
+        self._database_loaders: dict[tuple[int, int], DataLoader] = {}
 
-    def _loader(self, split: str, *, train: bool) -> DataLoader:
-        dataset = self.datasets[split]
-        trainer = getattr(self, "trainer", None)
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+    def set_train_views(self, views: int) -> None:
+        """Deliver ``views`` augmented views per training image (a B x V x C x H x W batch) from now on."""
+        if int(views) != views or views < 1:
+            raise ValueError(f"train_views must be a positive integer, got {views!r}")
+        self.train_views = int(views)
+
+    def _loader(
+        self, split: str, *, train: bool, dataset: Any = None, rank: int | None = None, world_size: int | None = None
+    ) -> DataLoader:
+        dataset = self.datasets[split] if dataset is None else dataset
+        if rank is None or world_size is None:
+            trainer = getattr(self, "trainer", None)
+            rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         # Trainers set use_distributed_sampler=false: this sampler splits across ranks itself.
-        sampler = EpochSeededSampler(len(dataset), seed=self.seed, shuffle=train, rank=rank, world_size=world)
+        sampler = EpochSeededSampler(len(dataset), seed=self.seed, shuffle=train, rank=rank, world_size=world_size)
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
@@ -64,13 +90,37 @@ class SplitDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
+        train = self.datasets["train"]
+        if self.train_views > 1:
+            train = MultiViewDataset(train, self.train_views)
+        return self._loader("train", train=True, dataset=train)
+
+    def database_dataloader(self, rank: int = 0, world_size: int = 1) -> DataLoader:
+        """The training split without augmentation, in order: the database of retrieval evaluation.
+
+        Split across ranks like the evaluation loaders (the caller gathers and deduplicates). Built
+        once per (rank, world size) and reused, so persistent workers are not restarted each epoch.
+        """
+        key = (rank, world_size)
+        if key not in self._database_loaders:
+            plain = without_augmentation(self.datasets["train"])
+            self._database_loaders[key] = self._loader(
+                "train", train=False, dataset=plain, rank=rank, world_size=world_size
+            )
+        return self._database_loaders[key]
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("validation", train=False)
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", train=False)
+
+
+def without_augmentation(dataset: Any) -> Any:
+    """A shallow copy of ``dataset`` that renders every item as evaluation does (no ``transform``)."""
+    plain = copy.copy(dataset)
+    plain.transform = None
+    return plain
 
 
 class ReBENDataModule(SplitDataModule):
@@ -99,6 +149,7 @@ class ReBENDataModule(SplitDataModule):
         lmdb_path: str | Path | None = None,
         metadata_path: str | Path | None = None,
         seed: int = 0,
+        value_range: dict[str, Sequence[float] | None] | None = VALUE_RANGES,
     ) -> None:
         super().__init__(batch_size, eval_batch_size, num_workers, pin_memory, persistent_workers, seed)
         self.root = Path(root) if root is not None else None
@@ -111,6 +162,7 @@ class ReBENDataModule(SplitDataModule):
         self.max_samples = dict(max_samples or {})
         self.lmdb_path = lmdb_path
         self.metadata_path = metadata_path
+        self.value_range = resolve_value_range(value_range)  # checked here, before any data is read
 
     # -- facts the model and the losses need -------------------------------------------------
     @property
@@ -147,6 +199,7 @@ class ReBENDataModule(SplitDataModule):
             self.datasets[split] = ReBENDataset(
                 root, split, bands=self.bands, image_size=self.image_size, upsampling=self.upsampling,
                 lmdb_path=self.lmdb_path, metadata_path=metadata_path, transform=transform, records=records,
+                value_range=self.value_range,
             )  # fmt: skip
         train = self.datasets["train"]
         ids = [r.patch_id for r in train.records]

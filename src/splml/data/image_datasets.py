@@ -252,6 +252,10 @@ class MultiLabelImageDataset(torch.utils.data.Dataset):
         """The decoded source image of sample ``i`` (RGB, native size)."""
         return read_rgb(self.image_paths[i])
 
+    def display_image(self, i: int) -> np.ndarray:
+        """Image ``i`` as the network sees it without augmentation, ``S x S x 3`` uint8 (figures only)."""
+        return np.array(render_view(self.read_image(i), self.image_size, None, self.resample), dtype=np.uint8)
+
     def __getitem__(self, key: int | tuple[int, int, bool]) -> dict[str, Any]:
         item = sample_item(key, self.read_image, self.targets, self.observed, self.transform)
         if self.transform is None:

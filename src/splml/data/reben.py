@@ -15,7 +15,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import lmdb
 import numpy as np
@@ -36,14 +36,29 @@ from splml.data.reben_format import (
     S2_BAND_SIZES,
     SNOW_CLOUD_METADATA_FILE,
     SPLITS,
+    VALUE_RANGES,
+    VALUE_UNITS,
     class_indices,
     resolve_band_set,
+    resolve_value_range,
 )
 from splml.data.sampler import sample_item
 
 
 class DataFormatError(ValueError):
     """A data file does not follow the expected format; the message names the file and item."""
+
+
+class TruncatedLMDBError(DataFormatError):
+    """``data.mdb`` is shorter than the LMDB's own metadata says: an interrupted copy, or a writer still at work.
+
+    Checked before any read because reading a page past the end of a memory-mapped file is a
+    SIGBUS: no exception, the process (a DataLoader worker, a whole Hydra sweep) just dies.
+    """
+
+
+#: How many duplicates an error message lists before giving the count.
+_MAX_LISTED = 10
 
 
 @dataclass(frozen=True)
@@ -77,8 +92,8 @@ def find_lmdb_dir(root: Path) -> Path:
 def read_metadata(path: Path, *, include_snow_cloud: bool = False) -> dict[str, list[PatchRecord]]:
     """Read metadata.parquet (and optionally the snow/cloud file) grouped by split.
 
-    Raises :class:`DataFormatError` naming the file for a missing column, an unknown split or
-    an unknown class name.
+    Raises :class:`DataFormatError` naming the file for a missing column, an unknown split,
+    an unknown class name or a duplicate ``patch_id`` / ``s1_name`` (see :func:`read_metadata_files`).
     """
     path = Path(path)
     paths = [path]
@@ -89,10 +104,21 @@ def read_metadata(path: Path, *, include_snow_cloud: bool = False) -> dict[str, 
                 f"include_snow_cloud=true but {extra} does not exist; it ships separately with reBEN"
             )
         paths.append(extra)
+    return read_metadata_files(paths)
+
+
+def read_metadata_files(paths: Sequence[Path]) -> dict[str, list[PatchRecord]]:
+    """Read several metadata files as one, grouped by split.
+
+    ``patch_id`` and ``s1_name`` must each be unique over all the files: a repeated patch would
+    be trained on twice, and two patches sharing an ``s1_name`` would read the same radar image
+    (in the LMDB the second overwrites the first). Every duplicate is named with its rows.
+    """
     by_split: dict[str, list[PatchRecord]] = {s: [] for s in SPLITS}
-    seen: set[str] = set()
+    first_row: dict[str, dict[str, str]] = {"patch_id": {}, "s1_name": {}}
+    duplicates: dict[str, list[str]] = {"patch_id": [], "s1_name": []}
     required = ("patch_id", "labels", "split", "s1_name")
-    for p in paths:
+    for p in map(Path, paths):
         if not p.is_file():
             raise FileNotFoundError(f"metadata file not found: {p}")
         table = pq.read_table(p)
@@ -110,9 +136,12 @@ def read_metadata(path: Path, *, include_snow_cloud: bool = False) -> dict[str, 
                 raise DataFormatError(
                     f"{p}, row {row} (patch {pid}): unknown split {split!r}; expected one of {SPLITS}"
                 )
-            if pid in seen:
-                raise DataFormatError(f"{p}, row {row}: duplicate patch_id {pid}")
-            seen.add(pid)
+            where = f"{p}, row {row} (patch {pid})" if len(paths) > 1 else f"row {row} (patch {pid})"
+            for column, value in (("patch_id", pid), ("s1_name", cols["s1_name"][row])):
+                if value in first_row[column]:
+                    duplicates[column].append(f"duplicate {column} {value}: {first_row[column][value]} and {where}")
+                    break  # a repeated row is named once, as a duplicate patch_id
+                first_row[column][value] = where
             labels = tuple(cols["labels"][row] or ())
             if not labels:
                 raise DataFormatError(f"{p}, row {row} (patch {pid}): empty label list")
@@ -120,6 +149,14 @@ def read_metadata(path: Path, *, include_snow_cloud: bool = False) -> dict[str, 
             by_split[split].append(
                 PatchRecord(pid, cols["s1_name"][row], labels, country[row], bool(snow[row]), bool(cloud[row]))
             )
+    found = duplicates["patch_id"] + duplicates["s1_name"]
+    if found:
+        shown = "; ".join(found[:_MAX_LISTED])
+        more = f"; ... ({len(found)} duplicates in all)" if len(found) > _MAX_LISTED else ""
+        raise DataFormatError(
+            f"{', '.join(map(str, paths))}: {shown}{more}. Every patch needs its own patch_id and its own s1_name "
+            "(a shared s1_name would read the same radar image for both patches)"
+        )
     return by_split
 
 
@@ -199,6 +236,37 @@ def _header_layout(header_bytes: bytes) -> tuple[tuple[str, np.dtype, tuple[int,
     return tuple(sorted(layout, key=lambda t: t[4]))
 
 
+def value_problem(arr: np.ndarray, bounds: tuple[float, float] | None, modality: str) -> str | None:
+    """What is wrong with the values of one band of ``modality`` ("s2"/"s1"), or None.
+
+    Non-finite values, or values outside ``bounds`` (None: only finiteness is checked).
+    Shared by the reader (on failure only: the hot path checks a min and a max) and the encoder.
+    """
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        return f"contains NaN or inf ({_pixels(int((~np.isfinite(arr)).sum()))})"
+    if bounds is None or (arr.dtype.kind in "ui" and _covers_dtype(bounds, arr.dtype)):
+        return None
+    low, high = bounds
+    below, above = arr < low, arr > high
+    count = int(below.sum() + above.sum())
+    if not count:
+        return None
+    worst = arr[below].min() if below.any() else arr[above].max()
+    return (
+        f"has value {float(worst):g} outside value_range.{modality} [{low}, {high}] {VALUE_UNITS[modality]} "
+        f"({_pixels(count)})"
+    )
+
+
+def _pixels(count: int) -> str:
+    return f"{count} pixel{'s' if count != 1 else ''}"
+
+
+def _covers_dtype(bounds: tuple[float, float] | None, dtype: type) -> bool:
+    info = np.iinfo(dtype)
+    return bounds is None or (bounds[0] <= info.min and bounds[1] >= info.max)
+
+
 @dataclass(frozen=True)
 class _BandGroup:
     """Bands of one LMDB value with the same native size, read and resized together."""
@@ -235,13 +303,65 @@ def _repeat_into(dst: np.ndarray, bands: np.ndarray, factor: int) -> None:
         columns[..., j] = rows
 
 
+def lmdb_used_bytes(env: lmdb.Environment) -> int:
+    """Bytes the database occupies in ``data.mdb`` by its own metadata: pages 0 .. last_pgno.
+
+    Read from the meta pages at the start of the file (so it is safe on a truncated file); the
+    file of a complete LMDB is at least this long, and the map itself is sparse and larger.
+    """
+    return (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+
+
+def open_reben_lmdb(path: str | Path, *, readonly: bool = True, **options: Any) -> lmdb.Environment:
+    """Open the LMDB directory ``path`` (``lmdb.open`` ``options``) after checking that ``data.mdb`` is complete.
+
+    Every reader and writer of the reBEN LMDB opens it through here. A ``data.mdb`` shorter than
+    :func:`lmdb_used_bytes` (an interrupted copy or download, or a writer still at work) raises
+    :class:`TruncatedLMDBError` naming the file and both sizes; a file too short to hold its own
+    header is a :class:`DataFormatError`. A missing ``data.mdb`` is a FileNotFoundError when
+    reading; a writer creates it.
+    """
+    path = Path(path)
+    data_file = path / "data.mdb"
+    exists = data_file.is_file()
+    if readonly and not exists:
+        raise FileNotFoundError(f"no LMDB at {path} (expected {data_file})")
+    unreadable = f"{data_file} ({data_file.stat().st_size:,} bytes) cannot be opened as an LMDB" if exists else ""
+    if exists and data_file.stat().st_size == 0:  # lmdb itself says only "Bad file descriptor"
+        raise DataFormatError(f"{unreadable}: it is empty, so truncated or still being written")
+    try:
+        env = lmdb.open(str(path), readonly=readonly, subdir=True, **options)
+    except (lmdb.InvalidError, lmdb.CorruptedError) as exc:  # no valid header: cut inside the meta pages
+        raise DataFormatError(
+            f"{unreadable} ({exc}): it is truncated or still being written, or not an LMDB file"
+        ) from exc
+    if exists:
+        try:
+            _check_complete(env, data_file)
+        except Exception:
+            env.close()
+            raise
+    return env
+
+
+def _check_complete(env: lmdb.Environment, data_file: Path) -> None:
+    needed, actual = lmdb_used_bytes(env), data_file.stat().st_size
+    if actual < needed:
+        raise TruncatedLMDBError(
+            f"{data_file} is truncated or still being written: it holds {actual:,} bytes but the LMDB's own "
+            f"metadata needs at least {needed:,} bytes ({needed // env.stat()['psize']:,} pages of "
+            f"{env.stat()['psize']} bytes). Copy it again or wait for its writer to finish (an encoder output: "
+            "delete it and encode again); reading it would kill the process with SIGBUS"
+        )
+
+
 _ENVS: dict[tuple[int, str], lmdb.Environment] = {}
 # Bumped by close_lmdb, so that datasets holding a handle fetch a fresh one.
 _CLOSED_COUNT = 0
 
 
 def open_lmdb(path: Path) -> lmdb.Environment:
-    """A read-only environment for ``path``, shared by every dataset of this process.
+    """A read-only environment for ``path``, shared by every dataset of this process (checked complete).
 
     LMDB allows one environment per file per process (the train, validation and test datasets
     share it), and one inherited through ``fork`` is invalid, so the cache is keyed by pid.
@@ -254,12 +374,14 @@ def open_lmdb(path: Path) -> lmdb.Environment:
         # second handle on a path while the inherited one is registered).
         for stale in [k for k in _ENVS if k[0] != pid]:
             _ENVS.pop(stale).close()
-        if not (Path(path) / "data.mdb").is_file():
-            raise FileNotFoundError(f"no LMDB at {path} (expected {Path(path) / 'data.mdb'})")
-        env = lmdb.open(
-            str(path), readonly=True, lock=False, readahead=False, meminit=False, max_readers=2048, subdir=True
-        )
+        env = open_reben_lmdb(path, lock=False, readahead=False, meminit=False, max_readers=2048)
         _ENVS[key] = env
+    else:
+        try:  # the file may have been cut since it was opened (a copy started over it)
+            _check_complete(env, Path(path) / "data.mdb")
+        except TruncatedLMDBError:
+            close_lmdb(path)
+            raise
     return env
 
 
@@ -294,6 +416,7 @@ class ReBENDataset(torch.utils.data.Dataset):
         metadata_path: str | Path | None = None,
         transform: Any = None,
         records: Sequence[PatchRecord] | None = None,
+        value_range: dict[str, Sequence[float] | None] | None = VALUE_RANGES,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; reBEN splits are {SPLITS} (note: 'validation', not 'val')")
@@ -320,8 +443,17 @@ class ReBENDataset(torch.utils.data.Dataset):
         native_size = {**S2_BAND_SIZES, **dict.fromkeys(S1_BANDS, PATCH_SIZE)}
         self._s2_groups = _band_groups(self.bands, self._s2_bands, native_size)
         self._s1_groups = _band_groups(self.bands, self._s1_bands, native_size)
+        self.value_range = resolve_value_range(value_range)
+        # S2 values are uint16: a range covering all of uint16 needs no check on the hot path.
+        self._bounds = {
+            "s2": None if _covers_dtype(self.value_range["s2"], np.uint16) else self.value_range["s2"],
+            "s1": self.value_range["s1"],
+        }
         self._env_handle: lmdb.Environment | None = None
         self._env_owner: tuple[int, int] | None = None
+        # Fail now, naming the file, if data.mdb is truncated (the handle is cached per process,
+        # not kept in the dataset, so the dataset still pickles for spawned workers).
+        open_lmdb(self.lmdb_path)
 
     # -- LMDB access -------------------------------------------------------------------------
     def _decode(self, key: str) -> dict[str, np.ndarray]:
@@ -369,15 +501,22 @@ class ReBENDataset(torch.utils.data.Dataset):
         size = self.image_size
         out = np.empty((len(self.bands), size, size), dtype=np.float32)
         with self._env().begin(buffers=True) as txn:
-            for key, dtype, groups in (
-                (rec.patch_id, np.uint16, self._s2_groups),
-                (rec.s1_name, np.float32, self._s1_groups),
+            for key, dtype, groups, modality in (
+                (rec.patch_id, np.uint16, self._s2_groups, "s2"),
+                (rec.s1_name, np.float32, self._s1_groups, "s1"),
             ):
                 if not groups:
                     continue
                 arrays = self._checked(key, self._decode_views(txn, key), [b for g in groups for b in g.names], dtype)
+                bounds = self._bounds[modality]
                 for g in groups:
                     stack = np.stack([arrays[b] for b in g.names])
+                    # One min and one max per band group (NaN fails both comparisons, inf one).
+                    if bounds is not None:
+                        if not bounds[0] <= stack.min() or not stack.max() <= bounds[1]:
+                            self._raise_bad_values(rec, key, modality, arrays, g.names)
+                    elif stack.dtype.kind == "f" and not np.isfinite(stack).all():
+                        self._raise_bad_values(rec, key, modality, arrays, g.names)
                     direct = isinstance(g.positions, slice)
                     dst = out[g.positions] if direct else np.empty((len(g.names), size, size), np.float32)
                     if normalize:
@@ -419,10 +558,27 @@ class ReBENDataset(torch.utils.data.Dataset):
                     f"{self.lmdb_path}: patch {key!r}, band {b}: expected {np.dtype(dtype).name} "
                     f"{expected}x{expected}, got {arr.dtype} {arr.shape}"
                 )
-            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-                raise DataFormatError(f"{self.lmdb_path}: patch {key!r}, band {b} contains NaN or inf")
             out[b] = arr
         return out
+
+    def _raise_bad_values(
+        self, rec: PatchRecord, key: str, modality: str, arrays: dict[str, np.ndarray], bands: Sequence[str]
+    ) -> NoReturn:
+        """Name the first band of ``bands`` with a non-finite or out-of-range value (called on failure only)."""
+        for b in bands:
+            problem = value_problem(arrays[b], self._bounds[modality], modality)
+            if problem is not None:
+                where = f"patch {key!r}" if key == rec.patch_id else f"patch {rec.patch_id} (key {key!r})"
+                hint = (
+                    f"; if such values are real, widen dataset.datamodule.value_range.{modality} "
+                    "(or set it to null to skip the check)"
+                    if "outside" in problem
+                    else ""
+                )
+                raise DataFormatError(f"{self.lmdb_path}: {where}, band {b} {problem}{hint}")
+        raise DataFormatError(  # the group check failed, so some band must have: never read on silently
+            f"{self.lmdb_path}: patch {rec.patch_id} (key {key!r}): bands {list(bands)} failed the value check"
+        )
 
     # -- Dataset protocol --------------------------------------------------------------------
     def __len__(self) -> int:
@@ -437,6 +593,12 @@ class ReBENDataset(torch.utils.data.Dataset):
     @property
     def class_names(self) -> tuple[str, ...]:
         return CLASS_NAMES
+
+    def display_image(self, i: int) -> np.ndarray:
+        """Patch ``i`` as an ``H x W x 3`` uint8 picture (true colour with a percentile stretch; figures only)."""
+        from splml.data.display import multispectral_rgb
+
+        return multispectral_rgb(self.read_bands(i, normalize=False).numpy(), self.bands)
 
     def set_observed(self, observed: np.ndarray) -> None:
         """Install observed labels (N x 19, values in {-1, 0, 1}); validated against the split size."""

@@ -19,12 +19,12 @@ metadata" and not encoded (the official archive also holds the snow/cloud patche
 in a separate metadata file: pass both files to encode those too).
 
 Reliability rules: every problem (missing folder or band file, unreadable or truncated TIFF,
-wrong shape or dtype, NaN in a radar band, invalid CLC code) is an :class:`EncodeError` naming
-the file and patch, unless ``skip_bad`` is set, in which case the patch is logged, counted,
+wrong shape or dtype, NaN/inf or a value outside ``value_range``, invalid CLC code) is an
+:class:`EncodeError` naming the file and patch, unless ``skip_bad`` is set, in which case the patch is logged, counted,
 left out and listed in ``<out>/skipped_patches.csv``. Nothing is ever dropped silently.
 
 Re-running on an existing output resumes: keys already present are decoded and checked
-(tensor names, shapes, dtypes, finiteness, map codes) and kept; a random sample of them
+(tensor names, shapes, dtypes, value ranges, map codes) and kept; a random sample of them
 (``compare_source`` patches, or all) is also compared byte for byte with the source rasters;
 missing, corrupt or mismatching patches are (re-)encoded. :func:`verify_reben` runs the
 structural check on every key without touching the sources.
@@ -38,7 +38,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -50,7 +50,7 @@ import lmdb
 import numpy as np
 import safetensors.numpy
 
-from splml.data.reben import DataFormatError, read_metadata
+from splml.data.reben import DataFormatError, lmdb_used_bytes, open_reben_lmdb, read_metadata_files, value_problem
 from splml.data.reben_format import (
     CLC_TO_CLASS,
     PATCH_SIZE,
@@ -60,6 +60,8 @@ from splml.data.reben_format import (
     S2_BAND_SIZES,
     SPLITS,
     UNLABELED_CLC,
+    VALUE_RANGES,
+    resolve_value_range,
 )
 
 log = logging.getLogger(__name__)
@@ -179,31 +181,16 @@ class PatchKeys:
 def load_patch_list(metadata: Path | Sequence[Path]) -> list[PatchKeys]:
     """Patches of one or more metadata files, sorted by patch id (the LMDB key order).
 
-    Uses the reader's own :func:`read_metadata`, so the encoder refuses exactly what the reader
-    would refuse. Duplicate patch ids (within or across files) and duplicate ``s1_name`` values
-    are always errors, even with ``skip_bad``: the reader cannot load such a metadata file, and
-    two patches sharing a radar key would silently overwrite each other.
+    Uses the reader's own :func:`read_metadata_files`, so the encoder refuses exactly what the
+    reader would refuse: duplicate patch ids and duplicate ``s1_name`` values (within or across
+    files) are always errors, even with ``skip_bad``, since two patches sharing a radar key
+    would silently overwrite each other.
     """
     files = [Path(metadata)] if isinstance(metadata, (str, Path)) else [Path(m) for m in metadata]
     if not files:
         raise ValueError("no metadata file given")
-    origin: dict[str, Path] = {}
-    s1_owner: dict[str, str] = {}
-    patches: list[PatchKeys] = []
-    for path in files:
-        by_split = read_metadata(path)
-        for split in SPLITS:
-            for rec in by_split[split]:
-                if rec.patch_id in origin:
-                    raise EncodeError(f"{path}: duplicate patch_id {rec.patch_id} (also in {origin[rec.patch_id]})")
-                origin[rec.patch_id] = path
-                if rec.s1_name in s1_owner:
-                    raise EncodeError(
-                        f"{path}: s1_name {rec.s1_name} of patch {rec.patch_id} is also the s1_name of "
-                        f"patch {s1_owner[rec.s1_name]}"
-                    )
-                s1_owner[rec.s1_name] = rec.patch_id
-                patches.append(PatchKeys(rec.patch_id, rec.s1_name))
+    by_split = read_metadata_files(files)
+    patches = [PatchKeys(rec.patch_id, rec.s1_name) for split in SPLITS for rec in by_split[split]]
     patches.sort(key=lambda p: p.patch_id)
     return patches
 
@@ -251,11 +238,12 @@ class _Sources:
     s2_dirs: dict[str, Path]
     s1_dirs: dict[str, Path]
     map_dirs: dict[str, Path]
+    value_range: dict[str, tuple[float, float] | None]
 
     def task(self, p: PatchKeys) -> _Task:
         return _Task(
             p, self.s2_dirs.get(p.patch_id), self.s1_dirs.get(p.s1_name), self.map_dirs.get(p.patch_id),
-            self.s2_root, self.s1_root, self.maps_root,
+            self.s2_root, self.s1_root, self.maps_root, self.value_range,
         )  # fmt: skip
 
 
@@ -270,6 +258,7 @@ class _Task:
     s2_root: Path
     s1_root: Path
     maps_root: Path | None
+    value_range: dict[str, tuple[float, float] | None]
 
 
 def _read_raster(path: Path, size: int, dtype: type) -> np.ndarray:
@@ -305,14 +294,17 @@ def _read_sources(task: _Task) -> dict[str, dict[str, np.ndarray]]:
         raise _BadSource(f"no Sentinel-2 folder {pid} under {task.s2_root}/<tile>/")
     if task.s1_dir is None:
         raise _BadSource(f"no Sentinel-1 folder {s1} under {task.s1_root}/<product>/")
-    values: dict[str, dict[str, np.ndarray]] = {
-        pid: {b: _read_raster(task.s2_dir / f"{pid}_{b}.tif", size, np.uint16) for b, size in S2_BAND_SIZES.items()},
-    }
-    s1_arrays = {b: _read_raster(task.s1_dir / f"{s1}_{b}.tif", PATCH_SIZE, np.float32) for b in S1_BANDS}
-    for b, arr in s1_arrays.items():
-        if not np.isfinite(arr).all():
-            raise _BadSource(f"{task.s1_dir / f'{s1}_{b}.tif'}: {int((~np.isfinite(arr)).sum())} NaN or inf pixels")
-    values[s1] = s1_arrays
+    values: dict[str, dict[str, np.ndarray]] = {}
+    for key, folder, modality, bands in (
+        (pid, task.s2_dir, "s2", [(b, size, np.uint16) for b, size in S2_BAND_SIZES.items()]),
+        (s1, task.s1_dir, "s1", [(b, PATCH_SIZE, np.float32) for b in S1_BANDS]),
+    ):
+        values[key] = {}
+        for b, size, dtype in bands:
+            path = folder / f"{key}_{b}.tif"
+            arr = values[key][b] = _read_raster(path, size, dtype)
+            if problem := value_problem(arr, task.value_range[modality], modality):
+                raise _BadSource(f"{path}: {problem}")
     if task.maps_root is not None:
         if task.map_dir is None:
             raise _BadSource(f"no reference-map folder {pid} under {task.maps_root}/<tile>/")
@@ -363,13 +355,16 @@ def _expected_tensors(kind: KeyKind) -> dict[str, tuple[int, type]]:
     return {REFERENCE_MAP_TENSOR: (PATCH_SIZE, np.uint16)}
 
 
-def check_value(kind: KeyKind, value: bytes | None) -> str | None:
+def check_value(
+    kind: KeyKind, value: bytes | None, value_range: dict[str, tuple[float, float] | None] = VALUE_RANGES
+) -> str | None:
     """Decode one LMDB value and check it the way the reader will use it; the problem or None.
 
     Checks what can be checked without the sources: a valid safetensors dict with exactly the
-    expected tensor names, each of the right shape and dtype, radar bands finite, map codes
-    valid. A flipped pixel value inside a well-formed value cannot be seen here: that is what
-    the comparison with the sources is for.
+    expected tensor names, each of the right shape and dtype, band values finite and inside
+    ``value_range`` (resolved, as from :func:`resolve_value_range`), map codes valid. A flipped
+    pixel value inside a well-formed value cannot be seen here: that is what the comparison
+    with the sources is for.
     """
     if value is None:
         return "missing key"
@@ -384,8 +379,8 @@ def check_value(kind: KeyKind, value: bytes | None) -> str | None:
         arr = arrays[name]
         if arr.shape != (size, size) or arr.dtype != dtype:
             return f"tensor {name}: expected {np.dtype(dtype).name} {size}x{size}, got {arr.dtype.name} {arr.shape}"
-        if kind == "s1" and not np.isfinite(arr).all():
-            return f"tensor {name} contains NaN or inf"
+        if kind != "map" and (problem := value_problem(arr, value_range[kind], kind)):
+            return f"tensor {name} {problem}"
     if kind == "map":
         invalid = np.setdiff1d(np.unique(arrays[REFERENCE_MAP_TENSOR]), VALID_CLC_CODES)
         if invalid.size:
@@ -420,11 +415,6 @@ def _put_batch(env: lmdb.Environment, entries: list[tuple[bytes, bytes]], delete
             env.set_mapsize(new_size)
 
 
-def _lmdb_bytes(env: lmdb.Environment) -> int:
-    """Bytes actually used by the database (the map itself is sparse and much larger)."""
-    return (env.info()["last_pgno"] + 1) * env.stat()["psize"]
-
-
 def _batches(items: Sequence[PatchKeys], size: int) -> Iterator[Sequence[PatchKeys]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -454,6 +444,7 @@ def encode_reben(
     compare_source: int | Literal["all"] = 32,
     map_size: int | None = None,
     seed: int = 0,
+    value_range: Mapping[str, Sequence[float] | None] | None = VALUE_RANGES,
 ) -> EncodeSummary:
     """Encode (or resume encoding) the GeoTIFF patches listed in ``metadata`` into the LMDB ``out``.
 
@@ -462,7 +453,9 @@ def encode_reben(
     drawn with ``seed``; ``"all"`` for every one) are compared byte for byte with their
     sources on resume; all present patches are always decoded and checked. ``map_size`` is the
     initial LMDB map size (default: estimated from the patch count; it doubles whenever full).
-    Raises :class:`EncodeError` on the first bad patch unless ``skip_bad``.
+    ``value_range`` sets the accepted band values per modality, as the reader's option of that
+    name (a source band with a value outside is a bad patch). Raises :class:`EncodeError` on the
+    first bad patch unless ``skip_bad``.
     """
     start = time.perf_counter()
     out = Path(out)
@@ -473,6 +466,7 @@ def encode_reben(
     if compare_source != "all" and (not isinstance(compare_source, int) or compare_source < 0):
         raise ValueError(f"compare_source must be a non-negative int or 'all', got {compare_source!r}")
     with_maps = maps_root is not None
+    ranges = resolve_value_range(value_range)
     patches = load_patch_list(metadata)
     summary = EncodeSummary(out=out, total=len(patches))
 
@@ -504,7 +498,7 @@ def encode_reben(
     initial = map_size if map_size is not None else max(_MIN_MAP_SIZE, int(len(patches) * per_patch * 1.1))
     sources = _Sources(
         Path(s2_root), Path(s1_root), Path(maps_root) if maps_root is not None else None,
-        s2_dirs, s1_dirs, map_dirs,
+        s2_dirs, s1_dirs, map_dirs, ranges,
     )  # fmt: skip
     with ExitStack() as cleanup:
         pool = None
@@ -513,7 +507,7 @@ def encode_reben(
             # (a fork pool starts all its processes at its first task).
             pool = cleanup.enter_context(ProcessPoolExecutor(workers, mp_context=get_context("fork")))
             pool.submit(os.getpid).result()
-        env = lmdb.open(str(out), map_size=initial, subdir=True, readahead=False, max_dbs=0)
+        env = open_reben_lmdb(out, readonly=False, map_size=initial, readahead=False, max_dbs=0)
         cleanup.callback(env.close)
         bar = None
         if progress:
@@ -535,7 +529,7 @@ def encode_reben(
             )  # fmt: skip
             if bar is not None:
                 bar.update(len(batch))
-        summary.lmdb_bytes = _lmdb_bytes(env)
+        summary.lmdb_bytes = lmdb_used_bytes(env)
     if skip_bad:
         _write_csv(out / SKIPPED_FILE, ("patch_id", "reason"), summary.bad)
     summary.seconds = time.perf_counter() - start
@@ -573,7 +567,11 @@ def _encode_batch(
             if p.patch_id not in present:
                 continue
             values = {key: txn.get(key.encode()) for key, _ in p.keys(with_maps)}
-            problems = [f"{key}: {why}" for key, kind in p.keys(with_maps) if (why := check_value(kind, values[key]))]
+            problems = [
+                f"{key}: {why}"
+                for key, kind in p.keys(with_maps)
+                if (why := check_value(kind, values[key], sources.value_range))
+            ]
             if problems:
                 log.warning("patch %s is corrupt in the LMDB (%s): re-encoding it", p.patch_id, "; ".join(problems))
                 repair.add(p.patch_id)
@@ -620,28 +618,30 @@ def verify_reben(
     *,
     expect_maps: bool | None = None,
     progress: bool = True,
+    value_range: Mapping[str, Sequence[float] | None] | None = VALUE_RANGES,
 ) -> VerifySummary:
     """Decode and check every key of every metadata patch in the LMDB ``out``.
 
     ``expect_maps=None`` expects reference maps for every patch as soon as one patch has one
     (a half-mapped LMDB is a problem either way); True requires them, False ignores them.
+    Band values outside ``value_range`` (as the reader's option) are problems. A truncated
+    ``data.mdb`` raises :class:`~splml.data.reben.TruncatedLMDBError` before anything is read.
     """
     start = time.perf_counter()
     out = Path(out)
-    if not (out / "data.mdb").is_file():
-        raise FileNotFoundError(f"no LMDB at {out} (expected {out / 'data.mdb'})")
-    patches = load_patch_list(metadata)
-    summary = VerifySummary(out=out, patches=len(patches))
-    missing_maps: list[str] = []
-    any_map = False
-    found = 0  # referenced keys that exist (the rest of the LMDB's entries are unreferenced)
+    ranges = resolve_value_range(value_range)
+    env = open_reben_lmdb(out, lock=False, readahead=False)  # refuses a truncated file before any read
     bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(patches), unit="patch", desc="verify reBEN", dynamic_ncols=True)
-    env = lmdb.open(str(out), readonly=True, lock=False, readahead=False, subdir=True)
     try:
+        patches = load_patch_list(metadata)
+        summary = VerifySummary(out=out, patches=len(patches))
+        missing_maps: list[str] = []
+        any_map = False
+        found = 0  # referenced keys that exist (the rest of the LMDB's entries are unreferenced)
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(patches), unit="patch", desc="verify reBEN", dynamic_ncols=True)
         with env.begin(buffers=True) as txn:
             for p in patches:
                 for key, kind in p.keys(with_maps=expect_maps is not False):
@@ -653,7 +653,7 @@ def verify_reben(
                             continue
                         any_map = any_map or value is not None
                     summary.keys_checked += 1
-                    problem = check_value(kind, value)
+                    problem = check_value(kind, value, ranges)
                     if problem:
                         summary.problems.append((key, f"patch {p.patch_id}: {problem}"))
                 if bar is not None:
@@ -701,7 +701,7 @@ def export_geotiff_tree(
     if patch_ids is not None:
         wanted = set(patch_ids)
         patches = [p for p in patches if p.patch_id in wanted]
-    env = lmdb.open(str(lmdb_dir), readonly=True, lock=False, subdir=True)
+    env = open_reben_lmdb(lmdb_dir, lock=False)
 
     def write(path: Path, arr: np.ndarray) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

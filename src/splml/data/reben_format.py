@@ -7,6 +7,7 @@ normalisation statistics.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 #: The 19 classes in the nomenclature's original order. Label vectors use THIS order
@@ -102,6 +103,19 @@ BAND_STATS: Final[dict[str, tuple[float, float]]] = {
     "VV": (-12.644, 5.1335),
 }
 
+#: Raw values accepted per modality, inclusive (``dataset.datamodule.value_range``; None = unchecked).
+#: Values outside are a corrupt or mis-encoded file, not land cover: a radar value of 1e30 dB
+#: trains silently (normalised to ~2e29) and wrecks the batch statistics. S2 is L2A reflectance
+#: x 10000 in uint16: its default is the whole uint16 range (bright clouds and snow exceed
+#: 10000 and the scale has an offset since processing baseline 04.00), so by default it costs
+#: nothing and only a stricter range set by the user checks it. S1 is backscatter in dB, about
+#: -35..+10 in practice (mean -12.6 / -19.4, std about 5.5 for VV / VH); -100 dB is a linear
+#: sigma0 of 1e-10 and +60 dB one of 1e6, both about 15 standard deviations out and physically
+#: meaningless, so the default only rejects what cannot be a measurement.
+VALUE_RANGES: Final[dict[str, tuple[float, float] | None]] = {"s2": (0, 65535), "s1": (-100.0, 60.0)}
+#: What each modality's values are, for messages.
+VALUE_UNITS: Final[dict[str, str]] = {"s2": "(reflectance x 10000)", "s1": "dB"}
+
 SPLITS: Final[tuple[str, ...]] = ("train", "validation", "test")
 METADATA_FILE: Final[str] = "metadata.parquet"
 SNOW_CLOUD_METADATA_FILE: Final[str] = "metadata_for_patches_with_snow_cloud_or_shadow.parquet"
@@ -133,6 +147,37 @@ def resolve_band_set(bands: str | list[str] | tuple[str, ...]) -> tuple[str, ...
     if not names:
         raise ValueError("the band list is empty")
     return names
+
+
+def resolve_value_range(
+    value_range: Mapping[str, Sequence[float] | None] | None,
+) -> dict[str, tuple[float, float] | None]:
+    """Accepted (low, high) per modality: ``value_range`` over :data:`VALUE_RANGES`; None disables every check.
+
+    ``{"s1": None}`` turns off the S1 range only (NaN and inf stay errors); ``{"s2": [0, 20000]}``
+    sets a stricter S2 range and keeps the S1 default.
+    """
+    if value_range is None:
+        return dict.fromkeys(VALUE_RANGES)
+    unknown = [k for k in value_range if k not in VALUE_RANGES]
+    if unknown:
+        raise ValueError(
+            f"value_range: unknown modality {unknown[0]!r}; the keys are {sorted(VALUE_RANGES)} "
+            "(each [low, high] or null)"
+        )
+    out = dict(VALUE_RANGES)
+    for modality, bounds in value_range.items():
+        if bounds is None:
+            out[modality] = None
+            continue
+        pair = list(bounds) if isinstance(bounds, Sequence) and not isinstance(bounds, str) else None
+        if pair is None or len(pair) != 2 or not all(isinstance(v, (int, float)) for v in pair) or pair[0] > pair[1]:
+            raise ValueError(
+                f"value_range.{modality}={pair if pair is not None else bounds!r}: expected [low, high] with "
+                "low <= high, or null to skip the check"
+            )
+        out[modality] = (pair[0], pair[1])
+    return out
 
 
 def class_indices(names: list[str] | tuple[str, ...], *, where: str) -> list[int]:

@@ -38,7 +38,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Final, NamedTuple
 
-import lmdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -841,6 +840,8 @@ def generate_synthetic_reben(root: Path, cfg: SyntheticConfig, progress: bool = 
     test and experiment that uses them. ``root`` must not already hold a dataset (refusing
     avoids silently mixing two generations). Returns ``root``.
     """
+    from splml.data.reben import open_reben_lmdb  # the reader's module imports torch: only load it here
+
     root = Path(root)
     lmdb_dir = root / LMDB_DIR
     if (lmdb_dir / "data.mdb").exists() or (root / METADATA_FILE).exists():
@@ -856,7 +857,7 @@ def generate_synthetic_reben(root: Path, cfg: SyntheticConfig, progress: bool = 
         from tqdm import tqdm
 
         bar = tqdm(total=len(headers), unit="patch", desc="synthetic reBEN")
-    env = lmdb.open(str(lmdb_dir), map_size=map_size, subdir=True, sync=False, metasync=False)
+    env = open_reben_lmdb(lmdb_dir, readonly=False, map_size=map_size, sync=False, metasync=False)
     try:
         for chunk in _chunks(by_id, _PATCHES_PER_TXN):
             entries: list[tuple[bytes, bytes]] = []

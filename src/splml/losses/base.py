@@ -15,7 +15,8 @@ Batch contract (produced by every datamodule)::
     aug       dict           optional augmentation record (crop box, flip) for spatial methods
     extras    dict           filled by callbacks (expected positives, pseudo labels, ...)
 
-Model outputs: ``logits`` (B x L) and, with a spatial head, ``maps`` (B x L x G x G).
+Model outputs: ``logits`` (B x L) and, with a spatial head, ``maps`` (B x L x G x G); for
+``task=retrieval``, ``z`` (the L2-normalised projection, B x D or B x V x D with V views per image).
 
 A loss may return, beside ``loss`` and scalar logs, ``pseudo_positive_mask`` (bool B x L): the
 unannotated entries it treats as (possibly) positive in this step (rejected or corrected large
@@ -58,6 +59,11 @@ class SPMLLoss(nn.Module):
     """
 
     name: str = "base"
+
+    #: The task (``task=`` group) whose model outputs the loss reads: classification losses read
+    #: ``logits``; the contrastive losses of :mod:`splml.losses.contrastive` read embeddings and
+    #: say ``"retrieval"``. Building a run checks that the loss fits the task.
+    task: str = "classification"
 
     #: Extras (keys of ``batch["extras"]``) the loss cannot work without; the module checks
     #: them so that a loss used without its callback fails with a clear message.

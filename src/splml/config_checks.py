@@ -1,0 +1,66 @@
+"""Config values that cannot work, refused before any data is generated, read or trained on.
+
+Without these checks ``trainer.max_epochs=0`` trains nothing and then fails for want of a best
+checkpoint, a non-positive K makes the expected-positive losses optimise towards nonsense, and
+``image_size=0`` fails deep inside the reader; each only after the dataset was built. Every
+error names the config key, the bad value and what is allowed, as ``key=value: ...``.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+
+
+def check_run_config(cfg: DictConfig, *, training: bool = True) -> None:
+    """Raise ValueError naming the first config value that cannot work.
+
+    ``training=False`` (evaluation) checks only what evaluation uses: the data settings.
+    """
+    datamodule = cfg.dataset.get("datamodule") or {}
+    if "image_size" in datamodule:
+        _require_positive_int(
+            "dataset.datamodule.image_size", datamodule.image_size, "the network input side in pixels"
+        )
+    if not training:
+        return
+    trainer = cfg.get("trainer") or {}
+    if "max_epochs" in trainer:
+        _require_positive_int("trainer.max_epochs", trainer.max_epochs, "the number of training epochs")
+    if "expected_positives" in (cfg.get("loss") or {}):
+        _check_expected_positives(cfg)
+
+
+def _require_positive_int(key: str, value: Any, meaning: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{key}={value}: {meaning} must be an integer >= 1")
+
+
+def _check_expected_positives(cfg: DictConfig) -> None:
+    """K, the expected number of positive labels per image: in (0, number of classes]."""
+    value = cfg.loss.expected_positives
+    # Name the key the user sets: the dataset's K unless the loss was given its own value.
+    raw = OmegaConf.to_container(cfg.loss, resolve=False)["expected_positives"]  # type: ignore[index]
+    key = "dataset.expected_positives" if raw == "${dataset.expected_positives}" else "loss.expected_positives"
+    used_by = f"loss={_loss_choice(cfg)} uses it as K, the expected number of positive labels per image"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+        raise ValueError(f"{key}={value}: {used_by}; it must be a number > 0 (e.g. 2.9 for reBEN)")
+    num_classes = cfg.dataset.get("num_classes")
+    if num_classes is not None and value > num_classes:
+        raise ValueError(
+            f"{key}={value}: {used_by}; it must be at most the dataset's {num_classes} classes (dataset.num_classes)"
+        )
+
+
+def _loss_choice(cfg: DictConfig) -> str:
+    """The loss option's name: Hydra's choice when running under Hydra, else the loss class's ``name``."""
+    if HydraConfig.initialized():
+        choice = HydraConfig.get().runtime.choices.get("loss")
+        if choice:
+            return str(choice)
+    cls = get_class(cfg.loss._target_)
+    return str(getattr(cls, "name", cls.__name__))

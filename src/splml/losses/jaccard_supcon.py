@@ -1,0 +1,41 @@
+"""SupCon with positives weighted by the Jaccard overlap of the label sets."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from splml.losses.contrastive import (
+    ContrastiveLoss,
+    contrastive_log_prob,
+    jaccard_overlap,
+    label_matrix,
+    off_diagonal,
+    weighted_positive_loss,
+)
+
+
+def jaccard_supcon_loss(z: Tensor, labels: Tensor, tau: float = 0.1) -> Tensor:
+    """``mean_i -(1/sum_p J_ip) sum_p J_ip log( exp(z_i.z_p/tau) / sum_{a != i} exp(z_i.z_a/tau) )``.
+
+    ``J_ip = |Y_i ∩ Y_p| / |Y_i ∪ Y_p|``: a pair sharing all its labels pulls with weight 1, a
+    pair sharing one label of many only a little, and pairs sharing nothing are negatives only.
+    The graded-positive generalisation of SupCon (Khosla et al., NeurIPS 2020) used as a
+    multi-label baseline; equal to :func:`~splml.losses.supcon.supcon_loss` when every label set
+    has one element (single positives).
+    """
+    y = label_matrix(labels, z)
+    weights = jaccard_overlap(y) * off_diagonal(y.shape[0], y.device)
+    return weighted_positive_loss(contrastive_log_prob(z, tau), weights)
+
+
+class JaccardSupConLoss(ContrastiveLoss):
+    name = "jaccard_supcon"
+
+    def __init__(self, tau: float = 0.1) -> None:
+        super().__init__()
+        if tau <= 0:
+            raise ValueError(f"loss.tau must be positive, got {tau}")
+        self.tau = float(tau)
+
+    def loss_fn(self, z: Tensor, labels: Tensor) -> Tensor:
+        return jaccard_supcon_loss(z, labels, self.tau)

@@ -1,0 +1,38 @@
+"""SupCon for multi-label data: positives are the samples sharing at least one label."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from splml.losses.contrastive import (
+    ContrastiveLoss,
+    contrastive_log_prob,
+    label_matrix,
+    positive_pairs,
+    weighted_positive_loss,
+)
+
+
+def supcon_loss(z: Tensor, labels: Tensor, tau: float = 0.1) -> Tensor:
+    """``mean_i -(1/|P(i)|) sum_{p in P(i)} log( exp(z_i.z_p/tau) / sum_{a != i} exp(z_i.z_a/tau) )``.
+
+    Khosla et al., *Supervised Contrastive Learning*, NeurIPS 2020 (``L_out``, the positives
+    averaged outside the log). Multi-label positives: ``P(i) = {p != i : Y_i ∩ Y_p ≠ ∅}``.
+    ``z``: N x D embeddings (normalised here); ``labels``: N x L boolean label sets; anchors
+    without positives are left out of the mean.
+    """
+    y = label_matrix(labels, z)
+    return weighted_positive_loss(contrastive_log_prob(z, tau), positive_pairs(y).to(y.dtype))
+
+
+class SupConLoss(ContrastiveLoss):
+    name = "supcon"
+
+    def __init__(self, tau: float = 0.1) -> None:
+        super().__init__()
+        if tau <= 0:
+            raise ValueError(f"loss.tau must be positive, got {tau}")
+        self.tau = float(tau)
+
+    def loss_fn(self, z: Tensor, labels: Tensor) -> Tensor:
+        return supcon_loss(z, labels, self.tau)
