@@ -112,5 +112,6 @@ def test_hparams_table_shows_the_scores_of_the_runs_task():
     retrieval = SimpleNamespace(summary_metrics=("test/mAP@100", "test/mAP@all"))
     assert hparams_table_metrics(trainer("val/mAP@100"), retrieval) == ("val/mAP@100", "test/mAP@100", "test/mAP@all")
     assert hparams_table_metrics(SimpleNamespace(checkpoint_callbacks=[]), SimpleNamespace()) == (
-        "val/mAP_macro", "test/mAP_macro",
+        "val/mAP_macro",
+        "test/mAP_macro",
     )

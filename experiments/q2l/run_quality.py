@@ -47,7 +47,6 @@ README = HERE / "README.md"
 SETTINGS = (("random", "an"), ("full", "full"))
 
 
-
 def sweep_command(args: argparse.Namespace, labels: str, loss: str) -> list[str]:
     launcher = ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.jobs}"] if args.jobs > 1 else []
     return [

@@ -18,7 +18,8 @@ a batch without any positive pair gives a zero loss that still carries a gradien
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -118,3 +119,21 @@ class ContrastiveLoss(SPMLLoss):
             )
         z, labels = flatten_views(outputs["z"], batch["observed"] > 0.5)
         return self.loss_fn(z, labels)
+
+
+class TemperatureContrastiveLoss(ContrastiveLoss):
+    """A contrastive loss whose only option is the temperature ``tau``: ``objective(z, labels, tau)``.
+
+    Subclasses set ``name`` and ``objective`` (the pure loss function of their module).
+    """
+
+    objective: ClassVar[Callable[[Tensor, Tensor, float], Tensor]]
+
+    def __init__(self, tau: float = 0.1) -> None:
+        super().__init__()
+        if tau <= 0:
+            raise ValueError(f"loss.tau must be positive, got {tau}")
+        self.tau = float(tau)
+
+    def loss_fn(self, z: Tensor, labels: Tensor) -> Tensor:
+        return type(self).objective(z, labels, self.tau)

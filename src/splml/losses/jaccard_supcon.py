@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from splml.losses.contrastive import (
-    ContrastiveLoss,
+    TemperatureContrastiveLoss,
     contrastive_log_prob,
     jaccard_overlap,
     label_matrix,
@@ -28,14 +28,6 @@ def jaccard_supcon_loss(z: Tensor, labels: Tensor, tau: float = 0.1) -> Tensor:
     return weighted_positive_loss(contrastive_log_prob(z, tau), weights)
 
 
-class JaccardSupConLoss(ContrastiveLoss):
+class JaccardSupConLoss(TemperatureContrastiveLoss):
     name = "jaccard_supcon"
-
-    def __init__(self, tau: float = 0.1) -> None:
-        super().__init__()
-        if tau <= 0:
-            raise ValueError(f"loss.tau must be positive, got {tau}")
-        self.tau = float(tau)
-
-    def loss_fn(self, z: Tensor, labels: Tensor) -> Tensor:
-        return jaccard_supcon_loss(z, labels, self.tau)
+    objective = staticmethod(jaccard_supcon_loss)

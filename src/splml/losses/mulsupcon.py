@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from splml.losses.contrastive import ContrastiveLoss, contrastive_log_prob, label_matrix, off_diagonal
+from splml.losses.contrastive import TemperatureContrastiveLoss, contrastive_log_prob, label_matrix, off_diagonal
 
 
 def mulsupcon_loss(z: Tensor, labels: Tensor, tau: float = 0.1) -> Tensor:
@@ -28,14 +28,6 @@ def mulsupcon_loss(z: Tensor, labels: Tensor, tau: float = 0.1) -> Tensor:
     return -(sums[anchors] / counts[anchors]).mean()
 
 
-class MulSupConLoss(ContrastiveLoss):
+class MulSupConLoss(TemperatureContrastiveLoss):
     name = "mulsupcon"
-
-    def __init__(self, tau: float = 0.1) -> None:
-        super().__init__()
-        if tau <= 0:
-            raise ValueError(f"loss.tau must be positive, got {tau}")
-        self.tau = float(tau)
-
-    def loss_fn(self, z: Tensor, labels: Tensor) -> Tensor:
-        return mulsupcon_loss(z, labels, self.tau)
+    objective = staticmethod(mulsupcon_loss)

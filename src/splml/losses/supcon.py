@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from splml.losses.contrastive import (
-    ContrastiveLoss,
+    TemperatureContrastiveLoss,
     contrastive_log_prob,
     label_matrix,
     positive_pairs,
@@ -25,14 +25,6 @@ def supcon_loss(z: Tensor, labels: Tensor, tau: float = 0.1) -> Tensor:
     return weighted_positive_loss(contrastive_log_prob(z, tau), positive_pairs(y).to(y.dtype))
 
 
-class SupConLoss(ContrastiveLoss):
+class SupConLoss(TemperatureContrastiveLoss):
     name = "supcon"
-
-    def __init__(self, tau: float = 0.1) -> None:
-        super().__init__()
-        if tau <= 0:
-            raise ValueError(f"loss.tau must be positive, got {tau}")
-        self.tau = float(tau)
-
-    def loss_fn(self, z: Tensor, labels: Tensor) -> Tensor:
-        return supcon_loss(z, labels, self.tau)
+    objective = staticmethod(supcon_loss)
