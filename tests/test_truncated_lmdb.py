@@ -156,8 +156,13 @@ def test_multirun_records_the_truncated_job_as_failed_and_goes_on(tiny_reben, tr
         f"hydra.sweep.dir={sweep}", cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, f"exit status {proc.returncode} (-7 is SIGBUS)\n{proc.stderr[-3000:]}"
-    failed = json.loads((sweep / "0" / "results.json").read_text())
+    by_root = {}
+    for path in sweep.glob("*/results.json"):
+        result = json.loads(path.read_text())
+        by_root[next(o.split("=", 1)[1] for o in result["overrides"] if o.startswith("dataset.root="))] = result
+    assert set(by_root) == {str(root), str(tiny_reben)}, "both jobs ran and recorded their result"
+    failed = by_root[str(root)]
     assert failed["status"] == "failed" and failed["error"].startswith("TruncatedLMDBError")
     _assert_named(failed["error"], root, full, cut)
-    done = json.loads((sweep / "1" / "results.json").read_text())
+    done = by_root[str(tiny_reben)]
     assert done["status"] == "completed" and done["test/num_samples"] == 24
