@@ -20,6 +20,17 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
+def loss_options(task: str) -> list[str]:
+    """The ``loss=`` options whose loss class reads the outputs of ``task`` (its ``task`` attribute)."""
+    from hydra.utils import get_class
+    from omegaconf import OmegaConf
+
+    def loss_task(name: str) -> str:
+        return get_class(OmegaConf.load(CONF / "loss" / f"{name}.yaml")._target_).task
+
+    return [name for name in options("loss") if loss_task(name) == task]
+
+
 def compose_cli(tmp_path: Path, *overrides: str):
     """Compose with the Hydra runtime config set, so ${hydra:...} interpolations resolve."""
     register_resolvers()

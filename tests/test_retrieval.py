@@ -23,6 +23,7 @@ from splml.retrieval_module import RetrievalModule
 from splml.train import best_score, train
 
 from .helpers import TINY_DATA, compose_train, run_train_cli
+from .test_configs import loss_options
 from .test_image_datasets import aid_label_rows, write_image
 
 RETRIEVAL_LOSSES = ("supcon", "jaccard_supcon", "mulsupcon", "macl")
@@ -168,6 +169,11 @@ def test_a_loss_of_the_other_task_is_refused_by_name(tmp_path, overrides, messag
     cfg = _compose(tmp_path, *overrides)
     with pytest.raises(ValueError, match=message):
         build_module(cfg, datamodule=None)  # refused before the data is looked at
+
+
+def test_the_retrieval_losses_are_exactly_the_contrastive_ones():
+    assert sorted(loss_options("retrieval")) == sorted(RETRIEVAL_LOSSES)
+    assert "an" in loss_options("classification") and not set(loss_options("classification")) & set(RETRIEVAL_LOSSES)
 
 
 def test_every_retrieval_loss_builds_the_retrieval_module(tmp_path, retrieval_datamodule):

@@ -227,8 +227,7 @@ def test_observed_labels_file_is_used_through_a_label_source(tmp_path):
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose("train", overrides=[
             "dataset=voc", f"dataset.root={tmp_path}", "dataset.datamodule.images_dir=JPEGImages",
-            "dataset.datamodule.image_size=8", "labels=manual",
-            "labels._target_=splml.data.spml_files.ObservedLabelsFile",
+            "dataset.datamodule.image_size=8", "labels=observed_file",
             f"labels.file={tmp_path / 'formatted_train_labels_obs.npy'}",
         ])  # fmt: skip
     source = instantiate(cfg.labels)
