@@ -8,6 +8,7 @@ Geometry used throughout: image side S = 120 px, G = 4, W = 8, so one heatmap ce
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -321,8 +322,15 @@ def test_memmap_store_persists_and_checkpoints_by_snapshot(tmp_path: Path) -> No
         "heatmaps-step6.uint8",
         "heatmaps-step7.uint8",
     ]
-    with pytest.raises(FileNotFoundError, match="missing"):
+    with pytest.raises(FileNotFoundError, match="missing") as missing:
         HeatmapStore(3, 3, memmap_dir=str(tmp_path / "third")).load_state_dict(state)
+    assert f"copy {state['memmap']['file']} into {tmp_path / 'third'}" in str(missing.value)
+    # A snapshot put into the run's memmap_dir (a moved run folder) is found there.
+    (tmp_path / "third").mkdir()
+    shutil.copy(latest["memmap"]["path"], tmp_path / "third" / latest["memmap"]["file"])
+    moved = HeatmapStore(3, 3, momentum=0.5, memmap_dir=str(tmp_path / "third"))
+    moved.load_state_dict({**latest, "memmap": {**latest["memmap"], "path": str(tmp_path / "gone" / "x.uint8")}})
+    assert torch.equal(moved.heatmaps, store.heatmaps)
 
     latest_file = Path(latest["memmap"]["path"])
     data = bytearray(latest_file.read_bytes())

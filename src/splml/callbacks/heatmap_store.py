@@ -671,8 +671,10 @@ class HeatmapStore(StoreCallback):
             snapshot = self.memmap_dir / reference["file"]
         if not snapshot.exists():
             raise FileNotFoundError(
-                f"heatmap store snapshot {reference['path']} is missing (only the {KEEP_SNAPSHOTS} most recent "
-                f"snapshots are kept in memmap_dir); resume from a recent checkpoint or without its callback state"
+                f"heatmap store snapshot {reference['path']} is missing, nor is it in this run's memmap_dir "
+                f"{self.memmap_dir} (only the {KEEP_SNAPSHOTS} most recent snapshots are kept; a moved run folder "
+                f"takes its snapshots along: copy {reference['file']} into {self.memmap_dir}); resume from a recent "
+                f"checkpoint or without its callback state"
             )
         expected = int(np.prod(reference["shape"]))
         if snapshot.stat().st_size != expected:
