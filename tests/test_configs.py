@@ -163,3 +163,13 @@ def test_unknown_override_key_is_a_clear_error(tmp_path):
 
     with pytest.raises(ConfigCompositionException, match="optim.lrr"):
         compose_cli(tmp_path, "optim.lrr=0.1")
+
+
+def test_learning_rate_monitor_only_with_a_logger(tmp_path):
+    from lightning.pytorch.callbacks import LearningRateMonitor
+
+    def monitors(*overrides):
+        return [c for c in build_callbacks(compose_cli(tmp_path, *overrides)) if isinstance(c, LearningRateMonitor)]
+
+    assert len(monitors()) == 1, "the default CSV logger receives the learning rates"
+    assert monitors("~logger") == [], "without a logger Lightning's monitor would stop the run"

@@ -159,11 +159,19 @@ def build_module(cfg: DictConfig, datamodule: ReBENDataModule) -> SPMLTrainingMo
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    """The ``callbacks`` group's callbacks; learning-rate monitors only when the run has a logger."""
+    from lightning.pytorch.callbacks import LearningRateMonitor
+
+    has_logger = any(node is not None and "_target_" in node for node in (cfg.get("logger") or {}).values())
     callbacks = []
     for name, node in (cfg.get("callbacks") or {}).items():
         if node is not None and "_target_" in node:
             log.debug("callback %s: %s", name, node._target_)
-            callbacks.append(instantiate(node))
+            callback = instantiate(node)
+            if isinstance(callback, LearningRateMonitor) and not has_logger:
+                log.info("callbacks.%s left out: the run has no logger to receive learning rates", name)
+                continue
+            callbacks.append(callback)
     return callbacks
 
 
