@@ -24,11 +24,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from pathlib import Path
 
-from splml.utils.archive import sync_runs as sync
+from splml.utils.archive import report_archive, run_archived_sweeps
 from splml.utils.markdown import write_generated_block
 
 HERE = Path(__file__).resolve().parent
@@ -82,23 +81,14 @@ def main() -> None:
     if args.jobs > 1:
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.jobs)))
     if not args.report_only:
-        print(f"restored {sync(args.archive, args.sweep_dir)} archived files into {args.sweep_dir}", flush=True)
         sweeps = []
         if args.losses:
             sweeps.append(sweep_command(args, "synthetic_methods", f"loss={','.join(args.losses)}"))
         if args.adagc_variants:
             variants = f"ablation={','.join(args.adagc_variants)}"
             sweeps.append(sweep_command(args, "adagc_ablation", variants, *args.adagc_overrides))
-        try:
-            for cmd in sweeps:
-                print("+", " ".join(cmd), flush=True)
-                subprocess.run(cmd, check=True, cwd=REPO, env=env)
-        finally:
-            print(f"archived {sync(args.sweep_dir, args.archive)} files into {args.archive}", flush=True)
-    report = [sys.executable, "-m", "splml.report", str(args.archive), "--out", str(args.out)]
-    print("+", " ".join(report), flush=True)
-    subprocess.run(report, check=True, cwd=REPO)
-    runs = sum(1 for _ in args.archive.glob("*/results.json"))
+        run_archived_sweeps(sweeps, args.archive, args.sweep_dir, cwd=REPO, env=env)
+    runs = report_archive(args.archive, args.out, cwd=REPO)
     table = (args.out / "table_wide.md").read_text()
     source = f"`{args.archive.resolve().relative_to(REPO)}/` ({runs} runs)"
     write_generated_block(SYNTHETIC_README, args.readme_block, f"{table}\nFrom {source}.")

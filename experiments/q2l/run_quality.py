@@ -33,11 +33,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from pathlib import Path
 
-from splml.utils.archive import sync_runs as sync
+from splml.utils.archive import report_archive, run_archived_sweeps
 from splml.utils.markdown import write_generated_block
 
 HERE = Path(__file__).resolve().parent
@@ -77,18 +76,9 @@ def main() -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.setdefault("OMP_NUM_THREADS", "1")
     if not args.report_only:
-        print(f"restored {sync(archive, args.sweep_dir)} archived files into {args.sweep_dir}", flush=True)
-        try:
-            for labels, loss in SETTINGS:
-                cmd = sweep_command(args, labels, loss)
-                print("+", " ".join(cmd), flush=True)
-                subprocess.run(cmd, check=True, cwd=REPO, env=env)
-        finally:
-            print(f"archived {sync(args.sweep_dir, archive)} files into {archive}", flush=True)
-    report = [sys.executable, "-m", "splml.report", str(archive), "--out", str(report_dir)]
-    print("+", " ".join(report), flush=True)
-    subprocess.run(report, check=True, cwd=REPO)
-    runs = sum(1 for _ in archive.glob("*/results.json"))
+        sweeps = [sweep_command(args, labels, loss) for labels, loss in SETTINGS]
+        run_archived_sweeps(sweeps, archive, args.sweep_dir, cwd=REPO, env=env)
+    runs = report_archive(archive, report_dir, cwd=REPO)
     table = (report_dir / "table.md").read_text()  # with the list of failed runs, if any
     changed = f", {' '.join(args.overrides)}" if args.overrides else f", variant {args.variant}" if args.variant else ""
     source = f"`{archive.relative_to(REPO)}/` ({runs} runs, {args.image_size} px{changed})"

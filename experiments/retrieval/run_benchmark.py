@@ -34,7 +34,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from splml.utils.archive import sync_runs
+from splml.utils.archive import report_archive, run_archived_sweeps, sync_runs
 from splml.utils.markdown import write_generated_block
 
 HERE = Path(__file__).resolve().parent
@@ -100,23 +100,14 @@ def main() -> None:
     if args.jobs > 1:
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.jobs)))
     if not args.report_only:
-        print(f"restored {sync_runs(args.archive, args.sweep_dir)} archived files into {args.sweep_dir}", flush=True)
         sweeps = []
         if args.losses:
             sweeps.append(sweep_command(args, f"loss={','.join(args.losses)}"))
         if args.macl_variants:
             sweeps.append(sweep_command(args, "loss=macl", f"ablation={','.join(args.macl_variants)}"))
-        try:
-            for cmd in sweeps:
-                print("+", " ".join(cmd), flush=True)
-                subprocess.run(cmd, check=True, cwd=REPO, env=env)
-        finally:
-            print(f"archived {sync_runs(args.sweep_dir, args.archive)} files into {args.archive}", flush=True)
+        run_archived_sweeps(sweeps, args.archive, args.sweep_dir, cwd=REPO, env=env)
         train_untrained_reference(args, env)
-    report = [sys.executable, "-m", "splml.report", str(args.archive), "--out", str(args.out), "--metrics", *METRICS]
-    print("+", " ".join(report), flush=True)
-    subprocess.run(report, check=True, cwd=REPO)
-    runs = sum(1 for _ in args.archive.glob("*/results.json"))
+    runs = report_archive(args.archive, args.out, "--metrics", *METRICS, cwd=REPO)
     # table.md: the table, then (after a blank line) the failed runs if any; the reference row joins the table.
     table, _, failures = (args.out / "table.md").read_text().strip().partition("\n\n")
     reference = untrained_row(args.untrained)

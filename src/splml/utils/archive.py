@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from splml.runs import read_results
@@ -35,3 +37,29 @@ def sync_runs(src: Path, dst: Path, kept: Sequence[str] = KEPT_FILES) -> int:
                 shutil.copy2(source, target)
                 copied += 1
     return copied
+
+
+def run_archived_sweeps(
+    commands: Sequence[Sequence[str]], archive: Path, sweep_dir: Path, *, cwd: Path, env: Mapping[str, str]
+) -> None:
+    """Run benchmark sweeps so that only missing runs train, and keep every finished one.
+
+    The archive is restored into ``sweep_dir`` first (the commands pass ``skip_completed=true``
+    and ``hydra.sweep.dir=<sweep_dir>``), each command then runs in turn, and the finished runs
+    are archived again even when a sweep fails or is interrupted.
+    """
+    print(f"restored {sync_runs(archive, sweep_dir)} archived files into {sweep_dir}", flush=True)
+    try:
+        for cmd in commands:
+            print("+", " ".join(cmd), flush=True)
+            subprocess.run(list(cmd), check=True, cwd=cwd, env=dict(env))
+    finally:
+        print(f"archived {sync_runs(sweep_dir, archive)} files into {archive}", flush=True)
+
+
+def report_archive(archive: Path, out: Path, *options: str, cwd: Path) -> int:
+    """``python -m splml.report <archive> --out <out> [options]``; returns the number of archived runs."""
+    report = [sys.executable, "-m", "splml.report", str(archive), "--out", str(out), *options]
+    print("+", " ".join(report), flush=True)
+    subprocess.run(report, check=True, cwd=cwd)
+    return sum(1 for _ in archive.glob("*/results.json"))
