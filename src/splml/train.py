@@ -32,7 +32,7 @@ from splml.builders import (
     register_resolvers,
 )
 from splml.config_checks import check_run_config
-from splml.runs import RESULTS_FILE, JobPlan, identity_overrides, plan_job, write_results
+from splml.runs import RESULTS_FILE, JobPlan, identity_overrides, load_checkpoint, plan_job, write_results
 
 log = logging.getLogger(__name__)
 register_resolvers()
@@ -128,9 +128,7 @@ def best_score(results: dict[str, Any]) -> float | None:
 
 
 def _read_best_epoch(path: str) -> int | None:
-    import torch
-
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(Path(path))  # memory-mapped: the weights are not read
     return int(ckpt["epoch"]) if "epoch" in ckpt else None
 
 

@@ -187,17 +187,29 @@ class Query2LabelHead(nn.Module):
         )
         self.decoder_norm = nn.LayerNorm(hidden_dim)
         self.label_queries = nn.Embedding(num_classes, hidden_dim)
+        # The positional encoding of the last grid seen, (h, w, device, dtype) -> tensor: fixed, so built once.
+        self._pos_key: tuple | None = None
+        self._pos: Tensor | None = None
         self.classifier = GroupLinear(num_classes, hidden_dim)
         for layer in (*self.encoder, *self.decoder):
             for param in layer.parameters():
                 if param.dim() > 1:
                     nn.init.xavier_uniform_(param)
 
+    def _positions(self, h: int, w: int, tokens: Tensor) -> Tensor:
+        key = (h, w, tokens.device, tokens.dtype)
+        if self._pos is None or self._pos_key != key:
+            self._pos = sine_positional_encoding(h, w, self.hidden_dim).to(device=tokens.device, dtype=tokens.dtype)[
+                None
+            ]
+            self._pos_key = key
+        return self._pos
+
     def forward(self, features: Tensor) -> dict[str, Tensor]:
         projected = self.input_proj(features)
-        b, d, h, w = projected.shape
+        b, _, h, w = projected.shape
         tokens = projected.flatten(2).transpose(1, 2)  # B x N x d, N = h * w
-        pos = sine_positional_encoding(h, w, d).to(device=tokens.device, dtype=tokens.dtype)[None]
+        pos = self._positions(h, w, tokens)
         for layer in self.encoder:
             tokens = layer(tokens, pos)
         queries = self.label_queries.weight[None].expand(b, -1, -1)
