@@ -278,6 +278,9 @@ def test_value_range_is_configurable_and_can_be_disabled(tiny_reben, tmp_path):
         ReBENDataset(root, "train", value_range={"s3": [0, 1]})
     with pytest.raises(ValueError, match=r"value_range.s1.*\[5, -5\]"):
         ReBENDataset(root, "train", value_range={"s1": [5, -5]})
+    # A NaN bound would check nothing in the encoder and refuse every patch in the reader.
+    with pytest.raises(ValueError, match=r"value_range.s1=\[nan, 1.0\]"):
+        ReBENDataset(root, "train", value_range={"s1": [float("nan"), 1.0]})
 
 
 def test_nan_is_still_an_error_with_the_value_range_disabled(tiny_reben, tmp_path):

@@ -572,7 +572,7 @@ class ReBENDataset(torch.utils.data.Dataset):
                 hint = (
                     f"; if such values are real, widen dataset.datamodule.value_range.{modality} "
                     "(or set it to null to skip the check)"
-                    if "outside" in problem
+                    if np.isfinite(arrays[b]).all()  # finite values failed: they lie outside the range
                     else ""
                 )
                 raise DataFormatError(f"{self.lmdb_path}: {where}, band {b} {problem}{hint}")

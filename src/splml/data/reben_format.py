@@ -171,7 +171,12 @@ def resolve_value_range(
             out[modality] = None
             continue
         pair = list(bounds) if isinstance(bounds, Sequence) and not isinstance(bounds, str) else None
-        if pair is None or len(pair) != 2 or not all(isinstance(v, (int, float)) for v in pair) or pair[0] > pair[1]:
+        if (
+            pair is None
+            or len(pair) != 2
+            or not all(isinstance(v, (int, float)) for v in pair)
+            or not pair[0] <= pair[1]
+        ):
             raise ValueError(
                 f"value_range.{modality}={pair if pair is not None else bounds!r}: expected [low, high] with "
                 "low <= high, or null to skip the check"
