@@ -93,8 +93,15 @@ class AnnotationLog:
         try:
             if created:
                 _fsync_dir(self.path.parent)  # the new file's name must survive a crash too
-            self.repaired = self._cut_partial_last_line()
-            self.answers: list[Answer] = self._read()
+            data = self._content()
+            # Only whole lines are read; the half-written last line is cut off only once the rest
+            # proved to be this dataset's annotation file (any other file is left as it was).
+            keep = len(data) if not data or data.endswith(b"\n") else data.rfind(b"\n") + 1
+            self.answers: list[Answer] = self._read(data[:keep])
+            self.repaired = data[keep:]
+            if self.repaired:
+                os.ftruncate(fd, keep)
+                os.fsync(fd)
             if os.fstat(fd).st_size == 0:
                 self._write(_csv_line(ANNOTATION_COLUMNS))
         except BaseException:
@@ -106,17 +113,7 @@ class AnnotationLog:
         size = os.fstat(self._fd).st_size
         return os.pread(self._fd, size, 0) if size else b""
 
-    def _cut_partial_last_line(self) -> bytes:
-        data = self._content()
-        if not data or data.endswith(b"\n"):
-            return b""
-        keep = data.rfind(b"\n") + 1
-        os.ftruncate(self._fd, keep)
-        os.fsync(self._fd)
-        return data[keep:]
-
-    def _read(self) -> list[Answer]:
-        data = self._content()
+    def _read(self, data: bytes) -> list[Answer]:
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
