@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -339,6 +340,21 @@ def test_reben_items_are_the_training_split_with_rgb_and_maps(tiny_reben, reben_
     assert classes.shape == (120, 120) and classes.max() < len(CLASS_NAMES)
     truth = set(np.flatnonzero(dm.datasets["train"].targets[0]).tolist())
     assert {c for c in reben_items.map_classes(0) if c >= 0} == truth
+
+
+def test_an_unreadable_reference_map_leaves_the_answer_and_the_page_working(tmp_path, caplog):
+    def class_map(i):
+        if i == 1:
+            raise KeyError("img1_reference_map")  # as a reBEN LMDB without that image's map
+        return np.zeros((2, 2), dtype=np.int16)
+
+    items = replace(fake_items(), class_map=class_map, class_colours=((200, 0, 0),) * len(ANIMALS))
+    with AnnotationLog(tmp_path / "a.csv", items.ids, items.class_names) as annotations:
+        session = AnnotationSession(items, annotations, "eve")
+        state = session.answer("img0", "cat", 1.0)
+        assert state["current"]["id"] == "img1" and state["current"]["map_legend"] == []
+        assert "img1" in caplog.text
+    assert rows(tmp_path / "a.csv")[1][:2] == ["img0", "cat"]
 
 
 def test_session_refuses_a_bad_annotator_name(tmp_path):

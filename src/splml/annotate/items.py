@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from splml.data import display
 from splml.data.datamodule import ReBENDataModule
 from splml.data.image_datasets import ImageDataModule, read_rgb
 from splml.data.reben import DataFormatError, ReBENDataset
@@ -94,17 +95,8 @@ class AnnotationItems:
 
 
 def percentile_stretch(bands: np.ndarray, low: float = 2.0, high: float = 98.0) -> np.ndarray:
-    """C x H x W values -> H x W x C uint8, each band stretched from its ``low`` to ``high`` percentile.
-
-    A flat band (both percentiles equal) maps to black rather than dividing by zero.
-    """
-    if not 0 <= low < high <= 100:
-        raise ValueError(f"stretch percentiles must satisfy 0 <= low < high <= 100, got {low}, {high}")
-    bands = np.asarray(bands, dtype=np.float64)
-    lo = np.percentile(bands, low, axis=(1, 2), keepdims=True)
-    hi = np.percentile(bands, high, axis=(1, 2), keepdims=True)
-    scaled = (bands - lo) / np.where(hi > lo, hi - lo, 1.0)
-    return np.round(np.clip(scaled, 0.0, 1.0) * 255).astype(np.uint8).transpose(1, 2, 0)
+    """The page's rendering of C x H x W values (:func:`splml.data.display.percentile_stretch`); a flat band is black."""
+    return display.percentile_stretch(bands, low, high, flat=0.0)
 
 
 def _clc_lookup() -> np.ndarray:
@@ -135,12 +127,12 @@ def _reben_items(datamodule: ReBENDataModule, stretch: Sequence[float]) -> Annot
     datamodule.setup("fit")
     train: ReBENDataset = datamodule.datasets["train"]
     low, high = (float(v) for v in stretch)
-    percentile_stretch(np.zeros((1, 1, 1)), low, high)  # a bad stretch fails now, not at the first image
+    display.check_stretch(low, high)  # a bad stretch fails now, not at the first image
     root = datamodule.resolve_root()
     rgb = ReBENDataset(
         root, "train", bands=resolve_band_set("rgb"), image_size=PATCH_SIZE, normalize=False,
         lmdb_path=train.lmdb_path, metadata_path=train.metadata_path,
-        records=train.records,
+        records=train.records, value_range=train.value_range,
     )  # fmt: skip
     lookup = _clc_lookup()
 

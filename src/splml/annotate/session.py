@@ -18,6 +18,7 @@ class and writes nothing. Restarting on the same file resumes at the first image
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import threading
 from datetime import UTC, datetime
@@ -27,6 +28,9 @@ import numpy as np
 
 from splml.annotate.items import UNLABELLED_COLOUR, AnnotationItems
 from splml.annotate.store import AnnotationLog, Answer
+from splml.data.reben import DataFormatError
+
+log = logging.getLogger(__name__)
 
 #: Candidate classes shown at once (keys 1-4).
 BATCH_SIZE = 4
@@ -203,11 +207,18 @@ class AnnotationSession:
         if self.items.has_maps:
             current["map"] = f"/map/{i}.png"
             names, colours = self.items.class_names, self.items.class_colours
+            try:
+                present = self.items.map_classes(i)
+            except (KeyError, DataFormatError) as exc:
+                # The answer is already on disk: one unreadable map must not take the page down.
+                # The map view itself (/map/<i>.png) answers with the error naming the image.
+                log.warning("reference map of %s cannot be read (%s): no legend", image_id, exc)
+                present = []
             current["map_legend"] = [
                 {"name": names[c], "colour": _hex(colours[c])}
                 if c >= 0
                 else {"name": "no class of the nomenclature", "colour": _hex(UNLABELLED_COLOUR)}
-                for c in self.items.map_classes(i)
+                for c in present
             ]
         return current
 
