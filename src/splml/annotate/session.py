@@ -21,6 +21,7 @@ import hashlib
 import logging
 import math
 import threading
+from collections import Counter, deque
 from datetime import UTC, datetime
 from typing import Any
 
@@ -84,8 +85,12 @@ class AnnotationSession:
         self._lock = threading.Lock()
         self._classes = frozenset(items.class_names)
         self.latest: dict[str, Answer] = {}
+        # Running totals of the latest answers and the recent answering times, so that a request
+        # costs the same at the first image as at the 200,000th.
+        self._counts: Counter[str] = Counter()
+        self._recent_seconds: deque[float] = deque(maxlen=RATE_WINDOW)
         for answer in log.answers:
-            self.latest[answer.image_id] = answer
+            self._remember(answer)
         self.cursor: int | None = self._next_open(None)
 
     # -- queue -------------------------------------------------------------------------------
@@ -100,9 +105,8 @@ class AnnotationSession:
         else the first skipped one, else None (every image has a class)."""
         n = len(self.items)
         start = -1 if after is None else after
-        order = [(start + k) % n for k in range(1, n + 1)]
         for wanted in ("pending", "skipped"):
-            for i in order:
+            for i in ((start + k) % n for k in range(1, n + 1)):
                 if self.status(i) == wanted:
                     return i
         return None
@@ -155,7 +159,17 @@ class AnnotationSession:
 
     def _write(self, answer: Answer) -> None:
         self.log.append(answer)  # on disk before the state changes and before the page hears of it
+        self._remember(answer)
+
+    def _remember(self, answer: Answer) -> None:
+        """``answer`` becomes its image's latest; the totals follow (a skip counts as the empty class)."""
+        previous = self.latest.get(answer.image_id)
+        if previous is not None:
+            self._counts[previous.class_name] -= 1
+        self._counts[answer.class_name] += 1
         self.latest[answer.image_id] = answer
+        if not answer.skipped:
+            self._recent_seconds.append(answer.seconds)
 
     # -- what the page shows -----------------------------------------------------------------
     def state(self, notice: str | None = None) -> dict[str, Any]:
@@ -164,14 +178,11 @@ class AnnotationSession:
 
     def _state(self, notice: str | None = None) -> dict[str, Any]:
         names = self.items.class_names
-        counts = dict.fromkeys(names, 0)
-        for answer in self.latest.values():
-            if not answer.skipped:
-                counts[answer.class_name] += 1
+        counts = {n: self._counts[n] for n in names}
         labelled = sum(counts.values())
-        skipped = sum(1 for a in self.latest.values() if a.skipped)
+        skipped = self._counts[""]
         total = len(self.items)
-        recent = [a.seconds for a in self.log.answers if not a.skipped][-RATE_WINDOW:]
+        recent = self._recent_seconds
         rate = 60.0 * len(recent) / sum(recent) if recent and sum(recent) > 0 else None
         state: dict[str, Any] = {
             "dataset": self.items.description,
