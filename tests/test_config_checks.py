@@ -17,6 +17,7 @@ from tests.helpers import compose_train
         (["loss=en", "dataset.expected_positives=0"], r"dataset.expected_positives=0: .*loss=en.*> 0"),
         (["loss=epr", "dataset.expected_positives=-1.5"], r"dataset.expected_positives=-1.5: .*> 0"),
         (["loss=role", "dataset.expected_positives=25"], r"dataset.expected_positives=25: .*at most .*19 classes"),
+        (["loss=en_scl", "dataset.expected_positives=0"], r"dataset.expected_positives=0: .*loss=en_scl.*> 0"),
         (["dataset.datamodule.image_size=0"], r"dataset.datamodule.image_size=0: .*an integer >= 1"),
         (["dataset.datamodule.image_size=-64"], r"dataset.datamodule.image_size=-64: .*an integer >= 1"),
     ],
@@ -35,6 +36,12 @@ def test_the_expected_positives_of_a_loss_that_does_not_use_them_are_not_checked
 def test_a_loss_given_its_own_expected_positives_is_named_by_its_key(tmp_path):
     cfg = compose_train(tmp_path, "loss=en", "loss.expected_positives=0")
     with pytest.raises(ValueError, match=r"^loss.expected_positives=0: "):
+        check_run_config(cfg)
+
+
+def test_the_part_of_a_composition_is_named_by_its_key(tmp_path):
+    cfg = compose_train(tmp_path, "loss=ep_cl", "loss.base.expected_positives=0")
+    with pytest.raises(ValueError, match=r"^loss.base.expected_positives=0: loss=ep_cl uses it"):
         check_run_config(cfg)
 
 

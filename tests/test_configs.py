@@ -11,24 +11,13 @@ from hydra.utils import instantiate
 from omegaconf import open_dict
 
 from splml.builders import build_callbacks, build_loggers, config_dir, register_resolvers
-from splml.losses.base import SPMLLoss
+from splml.methods.base import SPMLLoss
 
 CONF = config_dir()
 
 
 def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
-
-
-def loss_options(task: str) -> list[str]:
-    """The ``loss=`` options whose loss class reads the outputs of ``task`` (its ``task`` attribute)."""
-    from hydra.utils import get_class
-    from omegaconf import OmegaConf
-
-    def loss_task(name: str) -> str:
-        return get_class(OmegaConf.load(CONF / "loss" / f"{name}.yaml")._target_).task
-
-    return [name for name in options("loss") if loss_task(name) == task]
 
 
 def compose_cli(tmp_path: Path, *overrides: str):

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from splml.report import read_epoch_metrics
+from splml.loggers import read_epoch_metrics
 from splml.train import train
 
 from .helpers import compose_train
@@ -48,7 +48,7 @@ def test_tensorboard_run_gets_the_resolved_config_as_hyperparameters(tensorboard
                start.hparams.items()}  # fmt: skip
     assert hparams["optim/lr"] == pytest.approx(1e-3)
     assert hparams["optim/head_lr_mult"] == pytest.approx(10)
-    assert hparams["loss/_target_"] == "splml.losses.ll_ct.LargeLossTemporaryCorrection"
+    assert hparams["loss/_target_"] == "splml.methods.large_loss.ll_ct.LargeLossTemporaryCorrection"
     assert hparams["trainer/max_epochs"] == pytest.approx(2)
     assert hparams["paths/output_dir"] == str(tensorboard_run)
     # Lists and nulls become text (TensorBoard takes scalars only); nothing is left out.
@@ -85,7 +85,7 @@ def test_figures_go_to_every_logger_that_shows_images(tmp_path):
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
     from matplotlib.figure import Figure
 
-    from splml.callbacks.experiment_log import log_figure
+    from splml.loggers import log_figure
 
     fig = Figure(figsize=(2, 1))
     fig.subplots().plot([0, 1], [1, 0])

@@ -54,7 +54,7 @@ def test_spatial_consistency_table_uses_the_papers_linear_probe_recipe():
     assert (cfg.optim.linear_probe_epochs, cfg.optim.linear_probe_lr, cfg.optim.lr) == (5, 1e-3, 1e-5)
     assert cfg.trainer.max_epochs == 30 and list(cfg.dataset.datamodule.augment.crop_scale) == [0.25, 1.0]
     # CL / SCL start after the linear probe.
-    assert _compose("experiment=table_spatial_consistency", "loss=en_scl").loss.consistency_start_epoch == 5
+    assert _compose("experiment=table_spatial_consistency", "loss=en_scl").loss.start_epoch == 5
 
 
 @pytest.mark.parametrize("table", sorted(PUBLISHED))

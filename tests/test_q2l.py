@@ -13,10 +13,10 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from splml.builders import build_datamodule, build_module, config_dir, register_resolvers
+from splml.methods.registry import loss_names
 from splml.models.q2l import Query2LabelHead, sine_positional_encoding
 
 from .helpers import compose_train
-from .test_configs import loss_options
 from .test_image_datasets import write_image
 
 
@@ -186,7 +186,7 @@ def _one_step(tmp_path, *overrides: str) -> tuple[L.Trainer, torch.nn.Module, di
     return trainer, module, before
 
 
-@pytest.mark.parametrize("loss", loss_options("classification"))
+@pytest.mark.parametrize("loss", loss_names("classification"))
 def test_every_loss_trains_a_step_with_the_q2l_head(tmp_path, loss):
     head = ["head=q2l", "head.hidden_dim=32", "head.feedforward_dim=64"]
     trainer, module, before = _one_step(tmp_path, f"loss={loss}", *head, "dataset.datamodule.image_size=64")

@@ -17,16 +17,17 @@ from omegaconf import open_dict
 from splml.builders import build_datamodule, build_module, config_dir, register_resolvers
 from splml.data.display import multispectral_rgb, percentile_stretch
 from splml.data.views import MultiViewDataset
+from splml.methods.contrastive.base import ContrastiveLoss
+from splml.methods.registry import loss_names, methods
 from splml.models.projection import ProjectionHead, RetrievalModel
 from splml.report import main as report_main
 from splml.retrieval_module import RetrievalModule
 from splml.train import best_score, train
 
 from .helpers import TINY_DATA, compose_train, run_train_cli
-from .test_configs import loss_options
 from .test_image_datasets import aid_label_rows, write_image
 
-RETRIEVAL_LOSSES = ("supcon", "jaccard_supcon", "mulsupcon", "macl")
+RETRIEVAL_LOSSES = loss_names("retrieval")
 
 
 class _Backbone(torch.nn.Module):
@@ -172,8 +173,10 @@ def test_a_loss_of_the_other_task_is_refused_by_name(tmp_path, overrides, messag
 
 
 def test_the_retrieval_losses_are_exactly_the_contrastive_ones():
-    assert sorted(loss_options("retrieval")) == sorted(RETRIEVAL_LOSSES)
-    assert "an" in loss_options("classification") and not set(loss_options("classification")) & set(RETRIEVAL_LOSSES)
+    for m in methods().values():
+        assert (m.task == "retrieval") == issubclass(m.loss, ContrastiveLoss), m.name
+    assert {"supcon", "jaccard_supcon", "mulsupcon", "macl"} <= set(RETRIEVAL_LOSSES)
+    assert "an" in loss_names("classification") and not set(loss_names("classification")) & set(RETRIEVAL_LOSSES)
 
 
 def test_every_retrieval_loss_builds_the_retrieval_module(tmp_path, retrieval_datamodule):

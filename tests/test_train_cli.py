@@ -149,7 +149,7 @@ def test_wandb_offline_run_gets_config_learning_rates_and_label_quality_plot(tmp
     config, rows = _wandb_config_and_history(run_files[0])
     # The whole resolved config, nested as in .hydra/config.yaml.
     assert config["optim"]["lr"] == 1e-3 and config["optim"]["head_lr_mult"] == 10
-    assert config["loss"]["_target_"] == "splml.losses.ll_ct.LargeLossTemporaryCorrection"
+    assert config["loss"]["_target_"] == "splml.methods.large_loss.ll_ct.LargeLossTemporaryCorrection"
     assert config["trainer"]["max_epochs"] == 2 and config["seed"] == 1
     assert config["paths"]["output_dir"] == str(run_dir)
     # One learning-rate curve per parameter group; the cosine schedule starts at the base rate.

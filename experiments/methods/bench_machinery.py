@@ -56,9 +56,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from splml.builders import config_dir, register_resolvers
+from splml.builders import loss_config, register_resolvers
 from splml.data.transforms import RecordedSpatialAugment
-from splml.losses.base import LossContext
+from splml.methods.base import LossContext
 from splml.models.backbone import create_backbone
 from splml.models.model import SpatialLinearHead, SPMLModel
 from splml.module import SPMLModule
@@ -176,11 +176,11 @@ def fresh(batch: dict[str, Any]) -> dict[str, Any]:
 
 # -- methods --------------------------------------------------------------------------------------
 def load_loss(name: str) -> torch.nn.Module:
-    """``instantiate(conf/loss/<name>.yaml)`` with the interpolations the YAMLs use."""
+    """The loss of ``loss=<name>`` (as Hydra composes it) with the interpolations the YAMLs use."""
     loss_name, overrides = VARIANTS.get(name, (name, {}))
     cfg = OmegaConf.merge(
         {"dataset": {"expected_positives": EXPECTED_POSITIVES}, "optim": {"linear_probe_epochs": 0}, "seed": 0},
-        {"loss": OmegaConf.load(config_dir() / "loss" / f"{loss_name}.yaml")},
+        loss_config(loss_name),
         {"loss": overrides},
     )
     return instantiate(cfg.loss)
@@ -407,7 +407,7 @@ def heatmap_memory(args: argparse.Namespace, advice: str = "default") -> dict[st
     store's behaviour)."""
     import mmap
 
-    from splml.callbacks.heatmap_store import HeatmapStore
+    from splml.methods.scl.store import HeatmapStore
 
     n, num_classes, grid = COCO_N, COCO_L, COCO_G
     width = 2 * grid
@@ -431,13 +431,14 @@ def heatmap_memory(args: argparse.Namespace, advice: str = "default") -> dict[st
             n, num_classes, grid_size=grid, image_size=COCO_IMAGE, memmap_dir=str(tmp), log_diagnostics=False
         )  # fmt: skip
         if advice == "random":
-            target, open_memmap = store, store._open_memmap
+            memmap, open_memmap = store.memmap, store.memmap.open
 
-            def open_with_advice(mode: str) -> None:
-                open_memmap(mode)
-                target._mm._mmap.madvise(mmap.MADV_RANDOM)  # type: ignore[union-attr]
+            def open_with_advice(shape: tuple[int, ...], mode: str) -> torch.Tensor:
+                tensor = open_memmap(shape, mode)
+                memmap.array._mmap.madvise(mmap.MADV_RANDOM)  # type: ignore[union-attr]
+                return tensor
 
-            store._open_memmap = open_with_advice  # type: ignore[method-assign]
+            memmap.open = open_with_advice  # type: ignore[method-assign]
         store.setup(trainer, device_module, "fit")
         gc.collect()
         rss0 = proc_status()
@@ -461,8 +462,8 @@ def heatmap_memory(args: argparse.Namespace, advice: str = "default") -> dict[st
         store.on_train_batch_start(trainer, device_module, first, 0)
         result["create_s"] = time.perf_counter() - t
         rss1 = proc_status()
-        assert store._mm is not None
-        cache1 = page_cache_bytes(store._mm)
+        assert store.memmap.array is not None
+        cache1 = page_cache_bytes(store.memmap.array)
         live = store.live_path
         allocated1 = live.stat().st_blocks * 512
         times = []
@@ -477,7 +478,7 @@ def heatmap_memory(args: argparse.Namespace, advice: str = "default") -> dict[st
             times.append(time.perf_counter() - t)
             trainer.global_step += 1
         rss2 = proc_status()
-        cache2 = page_cache_bytes(store._mm)
+        cache2 = page_cache_bytes(store.memmap.array)
         store.flush()
         rss3 = proc_status()
         stat = live.stat()
@@ -489,7 +490,7 @@ def heatmap_memory(args: argparse.Namespace, advice: str = "default") -> dict[st
             row_updates=args.memory_batches * b,
         )  # fmt: skip
         assert stat.st_size == full_bytes, (stat.st_size, full_bytes)
-        store._mm, store._mm_tensor = None, None  # close the map before deleting the file
+        store.memmap.close()  # close the map before deleting the file
         del store
         gc.collect()
     finally:

@@ -27,6 +27,7 @@ import os
 import sys
 from pathlib import Path
 
+from splml.methods.registry import loss_names, method
 from splml.utils.archive import report_archive, run_archived_sweeps
 from splml.utils.markdown import write_generated_block
 
@@ -35,11 +36,9 @@ REPO = HERE.parents[1]
 ARCHIVE = REPO / "experiments" / "synthetic" / "runs"
 REPORT = REPO / "experiments" / "synthetic" / "comparison"
 SYNTHETIC_README = REPO / "experiments" / "synthetic" / "README.md"
-ALL_LOSSES = [
-    "full", "an", "an_ls", "wan", "epr", "role", "en", "en_cl", "en_scl",
-    "ll_r", "ll_ct", "ll_cp", "em", "em_apl", "asl", "focal", "hill", "splc", "gr",
-]  # fmt: skip
-ADAGC_VARIANTS = ["none", "adagc_fixed_trigger", "adagc_single_ema", "adagc_no_mixup", "adagc_teacher_every4"]
+#: The methods registered for the comparison (``register_method(..., comparison=True)``).
+ALL_LOSSES = loss_names(comparison=True)
+ADAGC_VARIANTS = ["none", *method("adagc").ablations]
 
 
 def sweep_command(args: argparse.Namespace, experiment: str, varied: str, *extra: str) -> list[str]:

@@ -41,7 +41,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from splml.builders import config_dir, register_resolvers
-from splml.losses.base import LossContext
+from splml.methods.base import LossContext
 from splml.models.backbone import create_backbone
 from splml.models.model import SPMLModel
 from splml.utils.markdown import write_generated_block

@@ -11,7 +11,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from splml.data.datamodule import ReBENDataModule
-from splml.losses.base import SPMLLoss
+from splml.methods.base import SPMLLoss
+from splml.methods.registry import loss_names
 from splml.models.model import SPMLModel
 from splml.models.projection import RetrievalModel
 from splml.module import SPMLTrainingModule
@@ -144,8 +145,22 @@ def check_loss_fits_task(loss: SPMLLoss, task: str) -> None:
         )
     raise ValueError(
         f"loss={loss.name} is a {loss.task} loss, but task={task} trains with a contrastive loss: "
-        "loss=supcon, jaccard_supcon, mulsupcon or macl (README, Retrieval)"
+        f"loss={', '.join(loss_names('retrieval'))} (README, Retrieval)"
     )
+
+
+def loss_config(name: str, *overrides: str) -> DictConfig:
+    """A config holding only ``loss``, composed by Hydra as ``loss=<name>`` would be (the parts of a
+    composition included), its interpolations unresolved.
+
+    For tools and tests that build a loss outside a run (not from inside a Hydra app): merge the
+    values its interpolations read (``dataset.expected_positives``, ...) and instantiate ``.loss``.
+    ``overrides`` are Hydra overrides such as ``loss.gamma=0.5``.
+    """
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose(config_name=None, overrides=[f"+loss={name}", *overrides])
 
 
 def build_module(cfg: DictConfig, datamodule: ReBENDataModule) -> SPMLTrainingModule:

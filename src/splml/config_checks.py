@@ -31,8 +31,19 @@ def check_run_config(cfg: DictConfig, *, training: bool = True) -> None:
     trainer = cfg.get("trainer") or {}
     if "max_epochs" in trainer:
         _require_positive_int("trainer.max_epochs", trainer.max_epochs, "the number of training epochs")
-    if "expected_positives" in (cfg.get("loss") or {}):
-        _check_expected_positives(cfg)
+    for path, node in _loss_nodes(cfg.get("loss"), "loss"):
+        if "expected_positives" in node:
+            _check_expected_positives(cfg, node, path)
+
+
+def _loss_nodes(node: Any, path: str) -> list[tuple[str, DictConfig]]:
+    """The loss node and the parts it composes (``loss.base``, ``loss.term``), with their key paths."""
+    if not isinstance(node, DictConfig):
+        return []
+    found = [(path, node)]
+    for key in ("base", "term"):
+        found += _loss_nodes(node.get(key), f"{path}.{key}")
+    return found
 
 
 def _require_positive_int(key: str, value: Any, meaning: str) -> None:
@@ -40,12 +51,12 @@ def _require_positive_int(key: str, value: Any, meaning: str) -> None:
         raise ValueError(f"{key}={value}: {meaning} must be an integer >= 1")
 
 
-def _check_expected_positives(cfg: DictConfig) -> None:
+def _check_expected_positives(cfg: DictConfig, node: DictConfig, path: str) -> None:
     """K, the expected number of positive labels per image: in (0, number of classes]."""
-    value = cfg.loss.expected_positives
+    value = node.expected_positives
     # Name the key the user sets: the dataset's K unless the loss was given its own value.
-    raw = OmegaConf.to_container(cfg.loss, resolve=False)["expected_positives"]  # type: ignore[index]
-    key = "dataset.expected_positives" if raw == "${dataset.expected_positives}" else "loss.expected_positives"
+    raw = OmegaConf.to_container(node, resolve=False)["expected_positives"]  # type: ignore[index]
+    key = "dataset.expected_positives" if raw == "${dataset.expected_positives}" else f"{path}.expected_positives"
     used_by = f"loss={_loss_choice(cfg)} uses it as K, the expected number of positive labels per image"
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
         raise ValueError(f"{key}={value}: {used_by}; it must be a number > 0 (e.g. 2.9 for reBEN)")
@@ -62,5 +73,14 @@ def _loss_choice(cfg: DictConfig) -> str:
         choice = HydraConfig.get().runtime.choices.get("loss")
         if choice:
             return str(choice)
-    cls = get_class(cfg.loss._target_)
+    return _loss_name(cfg.loss)
+
+
+def _loss_name(node: DictConfig) -> str:
+    """What the loss of ``node`` calls itself (a composition: ``<base>_<term>``)."""
+    if node.get("name"):
+        return str(node.name)
+    if "base" in node and "term" in node:
+        return f"{_loss_name(node.base)}_{_loss_name(node.term)}"
+    cls = get_class(node._target_)
     return str(getattr(cls, "name", cls.__name__))

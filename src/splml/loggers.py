@@ -1,13 +1,21 @@
-"""Loggers with the guarantees the suite needs on top of Lightning's."""
+"""Loggers with the guarantees the suite needs on top of Lightning's, and what reads and feeds them.
+
+* :class:`ResumableCSVLogger`: a resumed run's ``metrics.csv`` keeps the rows of the run it resumes;
+* :func:`read_metric_rows` / :func:`read_epoch_metrics`: a run's ``csv/metrics.csv`` read back;
+* :func:`log_figure`: a PNG the run wrote, sent to every logger that shows images.
+"""
 
 from __future__ import annotations
 
 import csv
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.loggers import CSVLogger
+import lightning as L
+import numpy as np
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 log = logging.getLogger(__name__)
@@ -26,6 +34,31 @@ def read_metric_rows(path: Path) -> list[dict[str, Any]]:
     """The rows of a Lightning ``metrics.csv``, blanks left out."""
     with open(path, newline="") as fh:
         return [{k: _parse(v) for k, v in row.items() if v != ""} for row in csv.DictReader(fh)]
+
+
+def read_epoch_metrics(run_dir: Path, columns: Sequence[str]) -> dict[str, dict[int, float]]:
+    """Per-epoch values of ``columns`` from a run's Lightning CSV log (empty when the run has none).
+
+    Lightning writes one row per logging call with blanks elsewhere, so the last non-blank value
+    of each epoch is kept.
+    """
+    candidates = sorted((run_dir / "csv").rglob("metrics.csv")) if (run_dir / "csv").is_dir() else []
+    curves: dict[str, dict[int, float]] = {c: {} for c in columns}
+    if not candidates:
+        return curves
+    with candidates[-1].open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            epoch = row.get("epoch")
+            if not epoch:
+                continue
+            for column in columns:
+                value = row.get(column)
+                if value not in (None, ""):
+                    try:
+                        curves[column][int(float(epoch))] = float(value)
+                    except ValueError:
+                        continue
+    return curves
 
 
 class ResumableCSVLogger(CSVLogger):
@@ -84,3 +117,22 @@ class ResumableCSVLogger(CSVLogger):
         rows = [row for row in read_metric_rows(found) if before_checkpoint(row)]
         log.info("metrics.csv continues the %d rows of %s up to epoch %s", len(rows), found, last_epoch)
         return rows
+
+
+def log_figure(trainer: L.Trainer, key: str, png: str | Path) -> None:
+    """Send the PNG ``png`` to every logger that shows images (W&B, TensorBoard) under ``key``.
+
+    The CSV log holds no images; the PNG itself stays in the run folder. Call on rank 0 only.
+    """
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key=key, images=[str(png)], step=trainer.global_step)
+        elif isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_image(key, _read_rgb(png), global_step=trainer.global_step, dataformats="HWC")
+
+
+def _read_rgb(png: str | Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(png) as image:
+        return np.asarray(image.convert("RGB"))

@@ -20,7 +20,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from splml.losses.base import LossContext, SPMLLoss
+from splml.methods.base import LossContext, SPMLLoss
 from splml.metrics import MultiLabelMetricAccumulator
 
 # Evaluation metrics are gathered over all ranks by the accumulator itself, so Lightning's advice

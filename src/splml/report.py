@@ -33,8 +33,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from splml.callbacks.label_quality import plot_label_quality
+from splml.loggers import read_epoch_metrics
 from splml.runs import is_completed, override_key, recorded_overrides
 from splml.utils.naming import method_name
+from splml.utils.plotting import plot_curves, plot_heat_map, plot_means_with_seeds, save_figure
 
 log = logging.getLogger(__name__)
 
@@ -374,31 +379,6 @@ def write_per_class(members: Sequence[RunGroup], stem: Path) -> bool:
     return True
 
 
-def read_epoch_metrics(run_dir: Path, columns: Sequence[str]) -> dict[str, dict[int, float]]:
-    """Per-epoch values of ``columns`` from a run's Lightning CSV log (empty when the run has none).
-
-    Lightning writes one row per logging call with blanks elsewhere, so the last non-blank value
-    of each epoch is kept.
-    """
-    candidates = sorted((run_dir / "csv").rglob("metrics.csv")) if (run_dir / "csv").is_dir() else []
-    curves: dict[str, dict[int, float]] = {c: {} for c in columns}
-    if not candidates:
-        return curves
-    with candidates[-1].open(newline="") as fh:
-        for row in csv.DictReader(fh):
-            epoch = row.get("epoch")
-            if not epoch:
-                continue
-            for column in columns:
-                value = row.get(column)
-                if value not in (None, ""):
-                    try:
-                        curves[column][int(float(epoch))] = float(value)
-                    except ValueError:
-                        continue
-    return curves
-
-
 def mean_curve(group: RunGroup, column: str) -> tuple[list[int], list[float]]:
     """Mean over the group's seeds at each epoch that at least one seed logged (finite values only)."""
     per_epoch: dict[int, list[float]] = defaultdict(list)
@@ -420,20 +400,7 @@ def write_plots(groups: dict[tuple[str, ...], RunGroup], metric: str, out: Path)
     Figures only show what exists: a method without completed runs, per-class AP or CSV logs is
     left out of that figure (the Markdown table lists it as missing/failed).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
     written: list[Path] = []
-
-    def save(fig: Any, name: str) -> None:
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=120, bbox_inches="tight")
-        plt.close(fig)
-        written.append(out / name)
-
     for (dataset, labels), members in split_blocks(groups).items():
         suffix = f"{_safe_name(dataset)}_{_safe_name(labels)}"
         title = f"{dataset} / {labels}"
@@ -444,107 +411,33 @@ def write_plots(groups: dict[tuple[str, ...], RunGroup], metric: str, out: Path)
 
         done = sorted((g for g in members if g.values(metric)), key=lambda g: -g.summary(metric)[0])
         if done:
-            fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(done) + 2), 4))
             means, stds = zip(*[g.summary(metric)[:2] for g in done])
-            # Points, not bars: methods differ by a few points on a 0-100 scale, so the axis is
-            # zoomed to the data, and each seed is drawn so that the spread behind the std shows.
-            for x, group in enumerate(done):
-                seeds = group.values(metric)
-                ax.scatter([x] * len(seeds), seeds, s=10, color="0.6", zorder=2)
-            ax.errorbar(range(len(done)), means, yerr=stds, fmt="o", capsize=3, color="tab:blue", zorder=3)
-            ax.set_xticks(range(len(done)), [label(g) for g in done], rotation=45, ha="right")
-            ax.grid(axis="y", alpha=0.3)
-            ax.set_ylabel(metric)
-            ax.set_title(f"{title}: mean ± std over seeds (grey: single runs)")
-            save(fig, f"methods_{suffix}.png")
+            fig = plot_means_with_seeds([label(g) for g in done], [g.values(metric) for g in done], means, stds,
+                                        metric, f"{title}: mean ± std over seeds (grey: single runs)")  # fmt: skip
+            written.append(save_figure(fig, out / f"methods_{suffix}.png"))
 
         classes, rows = per_class_ap(members)
         if classes:
-            import numpy as np
-
             matrix = np.array([vals for _, vals in rows], dtype=float)
-            fig, ax = plt.subplots(figsize=(max(5.0, 0.35 * len(classes) + 3), max(3.0, 0.35 * len(rows) + 1.5)))
-            image = ax.imshow(np.ma.masked_invalid(matrix), aspect="auto", cmap="viridis")
-            ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
-            ax.set_yticks(range(len(rows)), [label(g) for g, _ in rows])
-            fig.colorbar(image, ax=ax, label="test AP")
-            ax.set_title(f"{title}: per-class AP (mean over seeds)")
-            save(fig, f"per_class_AP_{suffix}.png")
+            fig = plot_heat_map(matrix, classes, [label(g) for g, _ in rows], "test AP",
+                                f"{title}: per-class AP (mean over seeds)")  # fmt: skip
+            written.append(save_figure(fig, out / f"per_class_AP_{suffix}.png"))
 
         curve_column = selection_metric(groups)
         curves = [(g, mean_curve(g, curve_column)) for g in sorted(members, key=lambda g: g.key[2:])]
         curves = [(g, c) for g, c in curves if c[0]]
         if curves:
-            fig, ax = plt.subplots(figsize=(7 + 1.2 * (len(curves) > 12), 4))
-            for i, (group, (epochs, values)) in enumerate(curves):
-                ax.plot(epochs, values, label=label(group), **line_style(i))
-            ax.set_xlabel("epoch")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.set_ylabel(f"{curve_column} (mean over seeds)")
-            ax.set_title(f"{title}: training curves")
-            ax.legend(fontsize=7, ncol=1 + (len(curves) > 12), loc="upper left", bbox_to_anchor=(1.01, 1.0))
-            save(fig, f"curves_{suffix}.png")
+            fig = plot_curves([(label(g), *c) for g, c in curves], f"{curve_column} (mean over seeds)",
+                              f"{title}: training curves")  # fmt: skip
+            written.append(save_figure(fig, out / f"curves_{suffix}.png"))
 
-        quality = []
-        for group in sorted(members, key=lambda g: g.key[2:]):
-            pair = [mean_curve(group, f"diag/extra_positive_{k}") for k in ("precision", "recall")]
-            if any(epochs for epochs, _ in pair):
-                quality.append((group, pair))
+        pairs = [(label(g), [mean_curve(g, f"diag/extra_positive_{k}") for k in ("precision", "recall")])
+                 for g in sorted(members, key=lambda g: g.key[2:])]  # fmt: skip
+        quality = [(name, pair) for name, pair in pairs if any(epochs for epochs, _ in pair)]
         if quality:
-            fig = plot_label_quality(
-                [(label(group), pair) for group, pair in quality],
-                f"{title}: quality of the labels added to the observed ones",
-            )
-            save(fig, f"label_quality_{suffix}.png")
+            fig = plot_label_quality(quality, f"{title}: quality of the labels added to the observed ones")
+            written.append(save_figure(fig, out / f"label_quality_{suffix}.png"))
     return written
-
-
-LabelQualitySeries = tuple[str, Sequence[tuple[Sequence[int], Sequence[float]]]]
-
-
-def line_style(i: int) -> dict[str, Any]:
-    """Colour, dash and marker of the i-th line: a comparison of 20+ methods outgrows one colour cycle."""
-    return {
-        "color": f"C{i % 10}",
-        "linestyle": ("-", "--", ":")[(i // 10) % 3],
-        "marker": (".", "x", "^")[(i // 10) % 3],
-        "markersize": 4,
-    }
-
-
-def plot_label_quality(
-    series: Sequence[LabelQualitySeries], title: str, kinds: Sequence[str] = ("precision", "recall")
-) -> Any:
-    """One panel per kind (extra-positive precision, recall, ...), one line per labelled series.
-
-    ``series`` holds (label, [(epochs, values) per kind]); used by the report (a line per method)
-    and by the training-time ``LabelQualityPlot`` callback (one run).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    fig, axes = plt.subplots(1, len(kinds), figsize=(5 * len(kinds), 4), sharex=True, squeeze=False)
-    for i, (name, curves) in enumerate(series):
-        for ax, (epochs, values) in zip(axes[0], curves, strict=False):
-            if len(epochs):
-                ax.plot(epochs, values, label=name, **line_style(i))
-    for ax, kind in zip(axes[0], kinds, strict=True):
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel(kind if "(" in kind else f"extra-positive {kind} (%)")
-    fig.suptitle(title)
-    fig.tight_layout()
-    # One legend beside the panels (a method may be absent from one of them), not over the curves.
-    legend: dict[str, Any] = {}
-    for ax in axes[0]:
-        for handle, name in zip(*ax.get_legend_handles_labels(), strict=True):
-            legend.setdefault(name, handle)
-    if legend:
-        fig.legend(legend.values(), legend.keys(), fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    return fig
 
 
 def write_csv(groups: dict[tuple[str, ...], RunGroup], metrics: Sequence[str], path: Path) -> None:

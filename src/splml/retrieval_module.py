@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from splml.losses.base import SPMLLoss
+from splml.methods.base import SPMLLoss
 from splml.module import SPMLTrainingModule
 from splml.retrieval_metrics import DEFAULT_KS, EmbeddingCollector, compute_retrieval_metrics, cutoff_name, top_k
 

@@ -4,8 +4,7 @@
   fitting starts: the W&B run config (nested, as in ``.hydra/config.yaml``), ``hparams.yaml`` in
   the CSV and TensorBoard folders, and TensorBoard's HParams table (flattened to ``optim/lr``
   style keys, since TensorBoard takes only scalars).
-* :func:`log_figure` sends a PNG the run has written to every logger that shows images, so a
-  figure reaches W&B and TensorBoard alike.
+* The figures a run writes reach the loggers through :func:`splml.loggers.log_figure`.
 
 The learning rates come from Lightning's ``LearningRateMonitor`` (``conf/callbacks/default.yaml``),
 one curve per optimizer parameter group, named after the group (``backbone``, ``head``).
@@ -16,12 +15,10 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
-from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.loggers import TensorBoardLogger
 
 log = logging.getLogger(__name__)
 
@@ -86,22 +83,3 @@ def _write_tensorboard_hparams(logger: TensorBoardLogger, flat: dict[str, Scalar
     writer = logger.experiment._get_file_writer()  # the same event file as the run's scalars
     for summary in summaries:
         writer.add_summary(summary)
-
-
-def log_figure(trainer: L.Trainer, key: str, png: str | Path) -> None:
-    """Send the PNG ``png`` to every logger that shows images (W&B, TensorBoard) under ``key``.
-
-    The CSV log holds no images; the PNG itself stays in the run folder. Call on rank 0 only.
-    """
-    for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger):
-            logger.log_image(key=key, images=[str(png)], step=trainer.global_step)
-        elif isinstance(logger, TensorBoardLogger):
-            logger.experiment.add_image(key, _read_rgb(png), global_step=trainer.global_step, dataformats="HWC")
-
-
-def _read_rgb(png: str | Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(png) as image:
-        return np.asarray(image.convert("RGB"))

@@ -16,11 +16,13 @@ import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.loggers import CSVLogger
 
-from splml.callbacks.experiment_log import log_figure
+from splml.loggers import log_figure, read_epoch_metrics
+from splml.utils.plotting import integer_epochs, line_style, pyplot
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +60,6 @@ class LabelQualityPlot(L.Callback):
                 self._warned_no_csv = True
             return None
         csv_logger.save()  # rows of the epoch just finished may still be buffered
-        from splml.report import plot_label_quality, read_epoch_metrics
-
         values = read_epoch_metrics(Path(csv_logger.save_dir), [c for c, _ in self.panels])
         curves = []
         for column, _ in self.panels:
@@ -67,8 +67,6 @@ class LabelQualityPlot(L.Callback):
             curves.append(([e for e, _ in points], [v for _, v in points]))
         if not any(epochs for epochs, _ in curves):
             return None
-        import matplotlib.pyplot as plt
-
         method = getattr(getattr(trainer, "lightning_module", None), "loss", None)
         name = getattr(method, "name", "run")
         fig = plot_label_quality([(name, curves)], f"{name}: labels beyond the annotated one, against the full labels",
@@ -76,6 +74,37 @@ class LabelQualityPlot(L.Callback):
         out = Path(trainer.default_root_dir) / self.filename
         out.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(out, dpi=100, bbox_inches="tight")
-        plt.close(fig)
+        pyplot().close(fig)
         log_figure(trainer, "label_quality", out)
         return out
+
+
+#: (label, [(epochs, values) per panel]) of one line in every panel.
+LabelQualitySeries = tuple[str, Sequence[tuple[Sequence[int], Sequence[float]]]]
+
+
+def plot_label_quality(
+    series: Sequence[LabelQualitySeries], title: str, kinds: Sequence[str] = ("precision", "recall")
+) -> Any:
+    """One panel per kind (extra-positive precision, recall, ...), one line per labelled series.
+
+    Used by :class:`LabelQualityPlot` (one run) and by the report (a line per method).
+    """
+    fig, axes = pyplot().subplots(1, len(kinds), figsize=(5 * len(kinds), 4), sharex=True, squeeze=False)
+    for i, (name, curves) in enumerate(series):
+        for ax, (epochs, values) in zip(axes[0], curves, strict=False):
+            if len(epochs):
+                ax.plot(epochs, values, label=name, **line_style(i))
+    for ax, kind in zip(axes[0], kinds, strict=True):
+        integer_epochs(ax)
+        ax.set_ylabel(kind if "(" in kind else f"extra-positive {kind} (%)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    # One legend beside the panels (a method may be absent from one of them), not over the curves.
+    legend: dict[str, Any] = {}
+    for ax in axes[0]:
+        for handle, name in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(name, handle)
+    if legend:
+        fig.legend(legend.values(), legend.keys(), fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return fig

@@ -1,0 +1,1 @@
+"""Tests of splml.methods (the layout mirrors src/splml/methods)."""

@@ -1,0 +1,1 @@
+"""Tests of splml.methods.adagc (the layout mirrors src/splml/methods)."""

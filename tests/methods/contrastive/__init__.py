@@ -1,0 +1,1 @@
+"""Tests of splml.methods.contrastive (the layout mirrors src/splml/methods)."""

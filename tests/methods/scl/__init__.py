@@ -1,0 +1,1 @@
+"""Tests of splml.methods.scl (the layout mirrors src/splml/methods)."""
