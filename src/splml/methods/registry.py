@@ -12,8 +12,9 @@ module below :mod:`splml.methods` and returns what they registered, and from it
 * the method comparison sweep (``experiments/methods/run_quality.py``) takes the methods
   registered with ``comparison=True``.
 
-A :class:`Method` holds what a documentation page of the method needs: its formula and paper,
-its options (the YAML named by :attr:`Method.config`), and whether it keeps a per-sample store.
+A :class:`Method` holds what a documentation page of the method needs: its title, summary,
+formula and paper, its options (the YAML named by :attr:`Method.config`, composed with its parts
+by ``splml.builders.loss_config(name)``), its stores and whether it is a reconstruction.
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ class HeatmapStore(StoreCallback):
 
     ``grid_size`` (G) and ``image_size`` (S) are inferred from the first training batch when not
     given (G by one no-grad forward of one image in eval mode, because the target is needed
-    before the first forward). See the module docstring for the geometry and storage modes.
+    before the first forward). Storage modes: the module docstring; geometry: :mod:`splml.methods.scl.geometry`.
     """
 
     def __init__(
