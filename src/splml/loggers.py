@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import logging
 from pathlib import Path
 from typing import Any
@@ -10,22 +9,10 @@ from typing import Any
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
+from splml.io.run_folder import METRICS_FILE, load_checkpoint, read_metric_rows
+from splml.runs import checkpoint_run_dirs
+
 log = logging.getLogger(__name__)
-
-
-def _parse(value: str) -> float | int | str:
-    for kind in (int, float):
-        try:
-            return kind(value)
-        except ValueError:
-            pass
-    return value
-
-
-def read_metric_rows(path: Path) -> list[dict[str, Any]]:
-    """The rows of a Lightning ``metrics.csv``, blanks left out."""
-    with open(path, newline="") as fh:
-        return [{k: _parse(v) for k, v in row.items() if v != ""} for row in csv.DictReader(fh)]
 
 
 class ResumableCSVLogger(CSVLogger):
@@ -57,13 +44,11 @@ class ResumableCSVLogger(CSVLogger):
         return experiment
 
     def _rows_before_resume(self) -> list[dict[str, Any]]:
-        from splml.runs import checkpoint_run_dirs, load_checkpoint
-
         ckpt_path = Path(str(self.resume_from))
         ckpt = load_checkpoint(ckpt_path)
         last_epoch = ckpt.get("epoch")
         relative = Path(self.log_dir).resolve().relative_to(Path(self.save_dir).resolve())
-        looked = [run / relative / "metrics.csv" for run in checkpoint_run_dirs(ckpt_path, ckpt)]
+        looked = [run / relative / METRICS_FILE for run in checkpoint_run_dirs(ckpt_path, ckpt)]
         found = next((p for p in looked if p.is_file()), None)
         if found is None:
             log.warning(

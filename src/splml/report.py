@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import csv
 import glob
-import json
 import logging
 import math
 import re
@@ -33,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from splml.io.run_folder import RESULTS_FILE, load_results, read_epoch_metrics
 from splml.runs import is_completed, override_key, recorded_overrides
 from splml.utils.naming import method_name
 
@@ -77,10 +77,10 @@ def find_results(paths: Sequence[str]) -> list[Path]:
     for pattern in paths:
         matches = [Path(p) for p in glob.glob(pattern)] or [Path(pattern)]
         for match in matches:
-            if match.is_file() and match.name == "results.json":
+            if match.is_file() and match.name == RESULTS_FILE:
                 found.add(match.resolve())
             elif match.is_dir():
-                found.update(p.resolve() for p in match.rglob("results.json"))
+                found.update(p.resolve() for p in match.rglob(RESULTS_FILE))
     if not found:
         raise FileNotFoundError(f"no results.json found under {list(paths)}")
     return sorted(found)
@@ -124,10 +124,7 @@ def group_runs(files: Iterable[Path]) -> dict[tuple[str, ...], RunGroup]:
     by_setting: dict[tuple[str, ...], dict[frozenset[tuple[str, str]], list[tuple[Path, dict[str, Any]]]]]
     by_setting = defaultdict(lambda: defaultdict(list))
     for path in files:
-        try:
-            result = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+        result = load_results(path)
         choices = result.get("choices") or {}
         key = tuple(str(choices.get(k, "?")) for k in GROUP_KEYS)
         # A named variant (conf/ablation/) or another head is its own method, never averaged with the full loss.
@@ -372,31 +369,6 @@ def write_per_class(members: Sequence[RunGroup], stem: Path) -> bool:
         for group, vals in rows:
             writer.writerow([group.key[2], group.key[3], *("" if math.isnan(v) else f"{v:.4f}" for v in vals)])
     return True
-
-
-def read_epoch_metrics(run_dir: Path, columns: Sequence[str]) -> dict[str, dict[int, float]]:
-    """Per-epoch values of ``columns`` from a run's Lightning CSV log (empty when the run has none).
-
-    Lightning writes one row per logging call with blanks elsewhere, so the last non-blank value
-    of each epoch is kept.
-    """
-    candidates = sorted((run_dir / "csv").rglob("metrics.csv")) if (run_dir / "csv").is_dir() else []
-    curves: dict[str, dict[int, float]] = {c: {} for c in columns}
-    if not candidates:
-        return curves
-    with candidates[-1].open(newline="") as fh:
-        for row in csv.DictReader(fh):
-            epoch = row.get("epoch")
-            if not epoch:
-                continue
-            for column in columns:
-                value = row.get(column)
-                if value not in (None, ""):
-                    try:
-                        curves[column][int(float(epoch))] = float(value)
-                    except ValueError:
-                        continue
-    return curves
 
 
 def mean_curve(group: RunGroup, column: str) -> tuple[list[int], list[float]]:

@@ -21,6 +21,7 @@ import lightning as L
 from lightning.pytorch.loggers import CSVLogger
 
 from splml.callbacks.experiment_log import log_figure
+from splml.io.run_folder import read_epoch_metrics
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class LabelQualityPlot(L.Callback):
                 self._warned_no_csv = True
             return None
         csv_logger.save()  # rows of the epoch just finished may still be buffered
-        from splml.report import plot_label_quality, read_epoch_metrics
+        from splml.report import plot_label_quality
 
         values = read_epoch_metrics(Path(csv_logger.save_dir), [c for c, _ in self.panels])
         curves = []

@@ -1,6 +1,6 @@
 """Facts about the reBEN (BigEarthNet v2.0) file format, in one place.
 
-Both the synthetic generator and the reader import from here, so the embedded dataset and
+The writer, the reader and the verification import from here, so the embedded dataset and
 the real files are guaranteed to agree on key names, band sizes, dtypes, class order and
 normalisation statistics.
 """
@@ -8,7 +8,10 @@ normalisation statistics.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Final
+from dataclasses import dataclass
+from typing import Final, Literal
+
+import numpy as np
 
 #: The 19 classes in the nomenclature's original order. Label vectors use THIS order
 #: (not alphabetical); results and checkpoints record it as ``class_order: original``.
@@ -117,6 +120,8 @@ VALUE_RANGES: Final[dict[str, tuple[float, float] | None]] = {"s2": (0, 65535), 
 VALUE_UNITS: Final[dict[str, str]] = {"s2": "(reflectance x 10000)", "s1": "dB"}
 
 SPLITS: Final[tuple[str, ...]] = ("train", "validation", "test")
+#: The three kinds of LMDB value: a patch's Sentinel-2 bands, its Sentinel-1 bands, its reference map.
+KeyKind = Literal["s2", "s1", "map"]
 METADATA_FILE: Final[str] = "metadata.parquet"
 SNOW_CLOUD_METADATA_FILE: Final[str] = "metadata_for_patches_with_snow_cloud_or_shadow.parquet"
 #: Column name -> arrow type name, as in the official metadata.parquet.
@@ -196,3 +201,39 @@ def class_indices(names: list[str] | tuple[str, ...], *, where: str) -> list[int
                 f"{where}: unknown class name {name!r}; it is not one of the {NUM_CLASSES} reBEN classes"
             ) from None
     return out
+
+
+def expected_tensors(kind: KeyKind) -> dict[str, tuple[int, type]]:
+    """Tensor name -> (side length, dtype) of one kind of value, as the reader expects them."""
+    if kind == "s2":
+        return {b: (s, np.uint16) for b, s in S2_BAND_SIZES.items()}
+    if kind == "s1":
+        return {b: (PATCH_SIZE, np.float32) for b in S1_BANDS}
+    return {REFERENCE_MAP_TENSOR: (PATCH_SIZE, np.uint16)}
+
+
+@dataclass(frozen=True)
+class PatchKeys:
+    """The LMDB keys of one patch: ``patch_id`` (S2), ``s1_name`` (S1), ``patch_id + "_reference_map"``."""
+
+    patch_id: str
+    s1_name: str
+
+    @property
+    def map_key(self) -> str:
+        return self.patch_id + REFERENCE_MAP_SUFFIX
+
+    def keys(self, with_maps: bool) -> list[tuple[str, KeyKind]]:
+        keys: list[tuple[str, KeyKind]] = [(self.patch_id, "s2"), (self.s1_name, "s1")]
+        if with_maps:
+            keys.append((self.map_key, "map"))
+        return keys
+
+    def values(
+        self, s2: dict[str, np.ndarray], s1: dict[str, np.ndarray], reference_map: np.ndarray | None = None
+    ) -> dict[str, dict[str, np.ndarray]]:
+        """The LMDB entries of this patch, ``{key: {tensor name: array}}``, as the writer takes them."""
+        entries = {self.patch_id: s2, self.s1_name: s1}
+        if reference_map is not None:
+            entries[self.map_key] = {REFERENCE_MAP_TENSOR: reference_map}
+        return entries
