@@ -16,8 +16,8 @@ from splml.builders import build_datamodule, build_module, config_dir, register_
 from splml.models.q2l import Query2LabelHead, sine_positional_encoding
 
 from .helpers import compose_train
+from .image_support import write_image
 from .test_configs import loss_options
-from .test_image_datasets import write_image
 
 
 def _head(**kwargs) -> Query2LabelHead:

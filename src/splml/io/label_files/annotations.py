@@ -235,21 +235,18 @@ class AnnotationLog:
         return os.pread(self._fd, size, 0) if size else b""
 
     def _read(self, data: bytes, keep: int) -> list[Answer]:
+        """The answers of the whole lines ``data[:keep]``, once their header proved the file ours."""
         try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            try:  # a cut last line may end inside a multi-byte character: judge the whole lines
-                text = data[:keep].decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise LabelFileError(f"{self.path}: not UTF-8 text ({exc})") from exc
-        if data and header_columns(text) != ANNOTATION_COLUMNS:
+            text = data[:keep].decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise LabelFileError(f"{self.path}: not UTF-8 text ({exc})") from exc
+        if text and header_columns(text) != ANNOTATION_COLUMNS:
             first = next(csv.reader(io.StringIO(text.removeprefix(_BOM), newline="")), [])
             raise LabelFileError(
                 f"{self.path} exists and is not an annotation file (its first line is {first}, expected "
                 f"{','.join(ANNOTATION_COLUMNS)}); give out= a new file name"
             )
-        whole = data[:keep].decode("utf-8")
-        return read_annotations(whole, self.path, ids=self._ids, class_names=self._class_names).answers
+        return read_annotations(text, self.path, ids=self._ids, class_names=self._class_names).answers
 
     # -- writing -----------------------------------------------------------------------------
     def append(self, answer: Answer) -> None:

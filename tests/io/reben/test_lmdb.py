@@ -17,10 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from splml.data.datamodule import ReBENDataModule
-from splml.data.reben import DataFormatError, ReBENDataset, TruncatedLMDBError, close_lmdb, open_reben_lmdb
+from splml.data.datamodules.reben import ReBENDataModule
+from splml.data.datasets.reben import ReBENDataset
+from splml.io.errors import DataFormatError
+from splml.io.reben.lmdb import TruncatedLMDBError, close_lmdb, open_reben_lmdb
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 ENCODE_SCRIPT = REPO / "data_prep" / "encode_reben.py"
 TRAIN_TINY = [
     "dataset=ben", "labels=random", "loss=an", "backbone=resnet10t", "trainer.max_epochs=1",

@@ -13,8 +13,11 @@ import pytest
 import safetensors.numpy
 import torch
 
-from splml.data.reben import DataFormatError, ReBENDataset, close_lmdb, open_lmdb, read_metadata
-from splml.data.reben_format import BAND_SETS, BAND_STATS, CLASS_INDEX, resolve_band_set
+from splml.data.datasets.reben import ReBENDataset
+from splml.io.errors import DataFormatError
+from splml.io.reben.format import BAND_SETS, BAND_STATS, CLASS_INDEX, resolve_band_set
+from splml.io.reben.lmdb import close_lmdb, open_lmdb
+from splml.io.reben.metadata import read_metadata
 
 
 @pytest.mark.parametrize("bands", sorted(BAND_SETS))
@@ -86,7 +89,7 @@ def test_fast_reader_equals_the_plain_per_band_reader(tiny_reben, bands, size, u
 
 
 def test_safetensors_views_equal_safetensors_load_without_copying(tiny_reben):
-    from splml.data.reben import safetensors_views
+    from splml.io.reben.values import safetensors_views
 
     ds = ReBENDataset(tiny_reben, "train")
     value = _get(tiny_reben, ds.records[0].patch_id)

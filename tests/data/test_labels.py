@@ -5,14 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from splml.data.labels import (
-    DominantSinglePositive,
-    FullLabels,
-    ManualSinglePositive,
-    RandomSinglePositive,
-)
-from splml.data.reben import ReBENDataset, reference_map_to_class_counts
-from splml.data.reben_format import CLASS_NAMES
+from splml.data.datasets.reben import ReBENDataset
+from splml.data.labels import DominantSinglePositive, FullLabels, ManualSinglePositive, RandomSinglePositive
+from splml.io.reben.format import CLASS_NAMES
+from splml.io.reben.metadata import reference_map_to_class_counts
 
 NAMES = ["a", "b", "c", "d"]
 
@@ -99,7 +95,7 @@ def test_manual_labels_accept_names_and_indices(tmp_path):
     [
         ("x,b\ny,nope\nz,a\n", "line 2.*'nope'"),
         ("x,b\ny,9\nz,a\n", "line 2"),
-        ("x,b\nw,a\nz,a\n", "line 2: id 'w'"),
+        ("x,b\nw,a\nz,a\n", "line 2: image id 'w'"),
         ("x,b\nx,a\nz,a\n", "already labelled"),
         ("x,b\nz,a\n", "1 training sample"),
         ("x,b,c\n", "expected 2 fields"),
@@ -143,8 +139,8 @@ def test_manual_labels_read_columns_by_name_in_any_order(tmp_path):
             r"1 training sample\(s\) have no manual label \(first: \['y'\]\).*labels.missing=random",
         ),
         ("x,b,a,t,1\ny,a,a,t,1\ny,,a,t,1\nz,a,a,t,1\n", "1 were skipped"),  # a later skip replaces the answer
-        ("x,b,a,t,1\ny,nope,a,t,1\nz,a,a,t,1\n", "line 3: 'nope'"),
-        ("x,b,a,t,1\nw,b,a,t,1\n", "line 3: id 'w' is not in the training split"),
+        ("x,b,a,t,1\ny,nope,a,t,1\nz,a,a,t,1\n", "line 3: class 'nope'"),
+        ("x,b,a,t,1\nw,b,a,t,1\n", "line 3: image id 'w' is not in the training split"),
         ("x,b,a,t,1\ny,b,a,t\n", "line 3: expected 5 fields"),
     ],
 )

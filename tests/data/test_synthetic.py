@@ -17,8 +17,18 @@ import pyarrow.parquet as pq
 import pytest
 import safetensors.numpy
 
-from splml.data import synthetic
-from splml.data.reben_format import (
+from splml.data.synthetic import (
+    COMPLETE_MARKER,
+    LMDB_DIR,
+    MIN_LABEL_PIXELS,
+    SyntheticConfig,
+    ensure_synthetic,
+    generate_synthetic_reben,
+    is_complete,
+    synthetic_root,
+)
+from splml.data.synthetic import generator as synthetic
+from splml.io.reben.format import (
     BAND_STATS,
     CLASS_INDEX,
     CLASS_NAMES,
@@ -32,16 +42,6 @@ from splml.data.reben_format import (
     S2_BAND_SIZES,
     SPLITS,
     UNLABELED_CLC,
-)
-from splml.data.synthetic import (
-    COMPLETE_MARKER,
-    LMDB_DIR,
-    MIN_LABEL_PIXELS,
-    SyntheticConfig,
-    ensure_synthetic,
-    generate_synthetic_reben,
-    is_complete,
-    synthetic_root,
 )
 
 TINY = SyntheticConfig(n_train=12, n_validation=6, n_test=6, seed=1)

@@ -10,13 +10,15 @@ import pytest
 from omegaconf import OmegaConf
 
 from splml.builders import config_dir
-from splml.data.datamodule import ReBENDataModule
+from splml.data.datamodules.reben import ReBENDataModule
+from splml.data.datasets.reben import ReBENDataset
 from splml.data.labels import DominantSinglePositive, RandomSinglePositive
-from splml.data.reben import ReBENDataset, close_lmdb, reference_map_to_class_counts
-from splml.data.reben_format import CLASS_NAMES
 from splml.data.synthetic import SyntheticConfig, generate_synthetic_reben
+from splml.io.reben.format import CLASS_NAMES
+from splml.io.reben.lmdb import close_lmdb
+from splml.io.reben.metadata import reference_map_to_class_counts
 
-SCRIPT = Path(__file__).resolve().parents[1] / "data_prep" / "make_single_positive_labels.py"
+SCRIPT = Path(__file__).resolve().parents[3] / "data_prep" / "make_single_positive_labels.py"
 
 
 def _script():

@@ -20,20 +20,17 @@ import rasterio
 import safetensors.numpy
 from affine import Affine
 
-from splml.data.reben import DataFormatError, ReBENDataset, close_lmdb
-from splml.data.reben_encoder import (
-    NOT_IN_METADATA_FILE,
-    SKIPPED_FILE,
-    EncodeError,
-    encode_reben,
-    export_geotiff_tree,
-    load_patch_list,
-    verify_reben,
-)
-from splml.data.reben_format import METADATA_FILE, REFERENCE_MAP_SUFFIX, S1_BANDS, S2_BAND_SIZES
+from splml.data.datasets.reben import ReBENDataset
 from splml.data.synthetic import LMDB_DIR, SyntheticConfig, generate_synthetic_reben
+from splml.io.errors import DataFormatError
+from splml.io.reben.encoder import NOT_IN_METADATA_FILE, SKIPPED_FILE, encode_reben
+from splml.io.reben.format import METADATA_FILE, REFERENCE_MAP_SUFFIX, S1_BANDS, S2_BAND_SIZES
+from splml.io.reben.geotiff import EncodeError, export_geotiff_tree
+from splml.io.reben.lmdb import close_lmdb
+from splml.io.reben.metadata import load_patch_list
+from splml.io.reben.verify import verify_reben
 
-SCRIPT = Path(__file__).resolve().parents[1] / "data_prep" / "encode_reben.py"
+SCRIPT = Path(__file__).resolve().parents[3] / "data_prep" / "encode_reben.py"
 
 
 @dataclass(frozen=True)
@@ -124,11 +121,11 @@ def test_round_trip_is_byte_exact_through_the_real_reader(source_tree: Tree, tmp
     for split in ("train", "validation"):
         ds = ReBENDataset(source_tree.synthetic, split, bands="all_full", lmdb_path=out)
         for i, rec in enumerate(ds.records):
-            s2 = ds._checked(rec.patch_id, ds._decode(rec.patch_id), list(S2_BAND_SIZES), np.uint16)
+            s2 = ds.reader.bands(rec.patch_id, ds.reader.read(rec.patch_id), list(S2_BAND_SIZES), np.uint16)
             for band, arr in s2.items():
                 with rasterio.open(source_tree.s2_band(rec.patch_id, band)) as src:
                     np.testing.assert_array_equal(arr, src.read(1), err_msg=f"{rec.patch_id} {band}")
-            s1 = ds._checked(rec.s1_name, ds._decode(rec.s1_name), list(S1_BANDS), np.float32)
+            s1 = ds.reader.bands(rec.s1_name, ds.reader.read(rec.s1_name), list(S1_BANDS), np.float32)
             for band, arr in s1.items():
                 with rasterio.open(source_tree.s1_band(rec.s1_name, band)) as src:
                     assert arr.tobytes() == src.read(1).tobytes()

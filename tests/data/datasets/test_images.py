@@ -1,7 +1,4 @@
-"""Generic RGB image items: the batch contract, the recorded augmentation, decoding errors, splits.
-
-Also holds the tiny-file writers the other image-dataset tests import (AID tree, images).
-"""
+"""Generic RGB image items: the batch contract, the recorded augmentation, decoding errors, splits."""
 
 from __future__ import annotations
 
@@ -12,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from splml.data.image_datasets import (
+from splml.data.datasets.image_folders import AID_CLASSES
+from splml.data.datasets.images import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     MultiLabelImageDataset,
@@ -20,52 +18,10 @@ from splml.data.image_datasets import (
     render_view,
     seeded_split,
 )
-from splml.data.image_folders import AID_CLASSES
-from splml.data.reben import DataFormatError
 from splml.data.sampler import EpochSeededSampler, item_seed
 from splml.data.transforms import RecordedSpatialAugment
-
-
-def write_image(path: Path, size: tuple[int, int] = (40, 30), seed: int = 0, mode: str = "RGB") -> Path:
-    """A small random image in the format given by the suffix (JPEG, PNG, TIFF)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    shape = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
-    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode=mode).save(path)
-    return path
-
-
-def aid_label_rows(stems: list[str], seed: int = 0) -> dict[str, np.ndarray]:
-    """Random 17-label rows with at least one positive each."""
-    rng = np.random.default_rng(seed)
-    rows = {}
-    for k, stem in enumerate(stems):
-        row = (rng.random(len(AID_CLASSES)) < 0.3).astype(np.uint8)
-        row[k % len(AID_CLASSES)] = 1
-        rows[stem] = row
-    return rows
-
-
-def write_aid_csv(path: Path, rows: dict[str, np.ndarray], header: bool = True) -> Path:
-    lines = ["IMAGE\\LABEL," + ",".join(AID_CLASSES)] if header else []
-    lines += [stem + "," + ",".join(str(int(v)) for v in row) for stem, row in rows.items()]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def write_aid_tree(root: Path, n_train: int = 10, n_test: int = 4, size: int = 24) -> dict[str, np.ndarray]:
-    """AID-multilabel layout: images_tr/<Scene>/<scene>_<n>.jpg, images_test/..., multilabel.csv."""
-    scenes = ("Airport", "Beach", "StorageTanks")
-    stems = []
-    for folder, count, offset in (("images_tr", n_train, 0), ("images_test", n_test, 100)):
-        for k in range(count):
-            scene = scenes[k % len(scenes)]
-            stem = f"{scene.lower()}_{offset + k + 1}"
-            write_image(root / folder / scene / f"{stem}.jpg", (size, size), seed=offset + k)
-            stems.append(stem)
-    rows = aid_label_rows(stems)
-    write_aid_csv(root / "multilabel.csv", rows)
-    return rows
+from splml.io.errors import DataFormatError
+from tests.image_support import write_aid_tree, write_image
 
 
 def _dataset(tmp_path: Path, transform=None, size: int = 16) -> MultiLabelImageDataset:
@@ -176,7 +132,7 @@ def test_seeded_split_is_the_literature_rule_and_deterministic():
 
 
 def test_datamodule_loaders_use_the_epoch_seeded_sampler(tmp_path):
-    from splml.data.image_folders import AIDDataModule
+    from splml.data.datamodules.image_folders import AIDDataModule
 
     write_aid_tree(tmp_path, n_train=6, n_test=2, size=16)
     dm = AIDDataModule(

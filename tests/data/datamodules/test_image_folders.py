@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,13 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from splml.data.image_folders import AID_CLASSES, AIDDataModule, read_label_table
+from splml.data.datamodules.image_folders import AIDDataModule
+from splml.data.datasets.image_folders import AID_CLASSES, read_label_table
 from splml.data.labels import DominantSinglePositive, FullLabels, ManualSinglePositive
-from splml.data.reben import DataFormatError
-
-from .test_image_datasets import write_aid_csv, write_aid_tree, write_image
-
-REPO = Path(__file__).resolve().parents[1]
+from splml.io.errors import DataFormatError
+from tests.image_support import data_prep_script as _script
+from tests.image_support import write_aid_csv, write_aid_tree, write_image
 
 
 @pytest.fixture(scope="module")
@@ -33,12 +31,6 @@ def _dm(root: Path, **kwargs) -> AIDDataModule:
     kwargs.setdefault("labels", FullLabels())
     return AIDDataModule(root, image_size=16, batch_size=4, **kwargs)
 
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "data_prep" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_splits_labels_and_batch(aid_root):
@@ -138,7 +130,7 @@ def test_manual_single_positives_by_stem_name_or_index(aid_root, tmp_path):
     assert np.array_equal(dm.datasets["validation"].observed, dm.datasets["validation"].targets)
 
     manual.write_text("\n".join([*lines[:3], f"{lines[3].split(',')[0]},volcano", *lines[4:]]) + "\n")
-    with pytest.raises(ValueError, match=r"line 4: 'volcano' is neither a class name nor an index"):
+    with pytest.raises(ValueError, match=r"line 4: class 'volcano' is neither a class name nor an index"):
         _dm(aid_root, labels=ManualSinglePositive(manual)).setup()
 
 

@@ -12,13 +12,12 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from splml.builders import config_dir, register_resolvers
-from splml.data.datamodule import ReBENDataModule
-from splml.data.image_folders import AID_CLASSES, WHDLD_CLASSES
+from splml.data.datamodules.reben import ReBENDataModule
+from splml.data.datasets.image_folders import AID_CLASSES, WHDLD_CLASSES
 from splml.data.labels import FullLabels
 from splml.data.stats import dataset_statistics
-
-from .test_aid import _script
-from .test_image_datasets import aid_label_rows, write_aid_tree, write_image
+from tests.image_support import aid_label_rows, write_aid_tree, write_image
+from tests.image_support import data_prep_script as _script
 
 
 def _datamodule(dataset: str, root: Path, *overrides: str):

@@ -11,12 +11,12 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from splml.builders import config_dir, register_resolvers
-from splml.data.labels import FullLabels, RandomSinglePositive
-from splml.data.reben import DataFormatError
-from splml.data.spml_files import COCO_CLASSES, VOC_CLASSES, ObservedLabelsFile, SPMLFilesDataModule
-
-from .test_aid import _script
-from .test_image_datasets import write_image
+from splml.data.datamodules.spml_files import SPMLFilesDataModule
+from splml.data.datasets.spml_files import COCO_CLASSES, VOC_CLASSES
+from splml.data.labels import FullLabels, ObservedLabelsFile, RandomSinglePositive
+from splml.io.errors import DataFormatError
+from tests.image_support import data_prep_script as _script
+from tests.image_support import write_image
 
 format_spml = _script("format_spml")
 
