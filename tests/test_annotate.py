@@ -230,7 +230,10 @@ def test_a_second_writer_on_the_same_file_is_refused(tmp_path):
     [
         ("id,label\nimg0,cat\n", "not an annotation file"),
         ("id,label\nimg0,cat", "not an annotation file"),  # no final newline: its last line is not cut either
-        ("image_id,class_name,annotator,timestamp,seconds\nzebra7,cat,a,t,1\n", "line 2: image id 'zebra7' is not in the training split"),
+        (
+            "image_id,class_name,annotator,timestamp,seconds\nzebra7,cat,a,t,1\n",
+            "line 2: image id 'zebra7' is not in the training split",
+        ),
         ("image_id,class_name,annotator,timestamp,seconds\nimg0,unicorn,a,t,1\n", "line 2: class 'unicorn'"),
         ("image_id,class_name,annotator,timestamp,seconds\nimg0,cat,a,t\n", "line 2: expected 5 fields"),
     ],

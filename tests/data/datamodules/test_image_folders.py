@@ -32,7 +32,6 @@ def _dm(root: Path, **kwargs) -> AIDDataModule:
     return AIDDataModule(root, image_size=16, batch_size=4, **kwargs)
 
 
-
 def test_splits_labels_and_batch(aid_root):
     dm = _dm(aid_root, augment={"crop_scale": [0.5, 1.0], "hflip": True, "vflip": True})
     dm.setup()

@@ -72,7 +72,6 @@ def _repeat_into(dst: np.ndarray, bands: np.ndarray, factor: int) -> None:
         columns[..., j] = rows
 
 
-
 class ReBENDataset(torch.utils.data.Dataset):
     """One split of reBEN: multispectral patches with their full and observed labels.
 
@@ -157,7 +156,9 @@ class ReBENDataset(torch.utils.data.Dataset):
             ):
                 if not groups:
                     continue
-                arrays = self.reader.bands(key, self.reader.views(txn, key), [b for g in groups for b in g.names], dtype)
+                arrays = self.reader.bands(
+                    key, self.reader.views(txn, key), [b for g in groups for b in g.names], dtype
+                )
                 bounds = self._bounds[modality]
                 for g in groups:
                     stack = np.stack([arrays[b] for b in g.names])
