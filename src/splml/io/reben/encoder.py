@@ -25,11 +25,10 @@ without touching the sources.
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from splml.io.reben.geotiff import EncodeError, Sources, read_all, scan_patch_fo
 from splml.io.reben.metadata import load_patch_list
 from splml.io.reben.values import check_value, same_arrays
 from splml.io.reben.writer import ReBENWriter
+from splml.io.run_folder import write_rows
 
 log = logging.getLogger(__name__)
 
@@ -99,13 +99,6 @@ class EncodeSummary:
 def _batches(items: Sequence[PatchKeys], size: int) -> Iterator[Sequence[PatchKeys]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        writer.writerows(rows)
 
 
 # --------------------------------------------------------------------------------------------
@@ -173,7 +166,7 @@ def encode_reben(
     for stale in (out / SKIPPED_FILE, out / NOT_IN_METADATA_FILE):
         stale.unlink(missing_ok=True)  # a file from an earlier run would describe another state
     if summary.not_in_metadata:
-        _write_csv(out / NOT_IN_METADATA_FILE, ("source", "folder"), summary.not_in_metadata)
+        write_rows(out / NOT_IN_METADATA_FILE, ("source", "folder"), summary.not_in_metadata)
 
     per_patch = _S2_BYTES + _S1_BYTES + (_MAP_BYTES if with_maps else 0) + 3 * 4096
     initial = map_size if map_size is not None else max(_MIN_MAP_SIZE, int(len(patches) * per_patch * 1.1))
@@ -212,7 +205,7 @@ def encode_reben(
                 bar.update(len(batch))
         summary.lmdb_bytes = writer.used_bytes()
     if skip_bad:
-        _write_csv(out / SKIPPED_FILE, ("patch_id", "reason"), summary.bad)
+        write_rows(out / SKIPPED_FILE, ("patch_id", "reason"), summary.bad)
     summary.seconds = time.perf_counter() - start
     return summary
 
