@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from splml.data.display import multispectral_rgb
 from splml.data.sampler import sample_item
 from splml.io.errors import DataFormatError
 from splml.io.reben.format import (
@@ -230,8 +231,6 @@ class ReBENDataset(torch.utils.data.Dataset):
 
     def display_image(self, i: int) -> np.ndarray:
         """Patch ``i`` as an ``H x W x 3`` uint8 picture (true colour with a percentile stretch; figures only)."""
-        from splml.data.display import multispectral_rgb
-
         return multispectral_rgb(self.read_bands(i, normalize=False).numpy(), self.bands)
 
     def set_observed(self, observed: np.ndarray) -> None:
