@@ -10,7 +10,7 @@ Verify every key of every patch of the metadata (exit status 1 and the bad keys 
 
     python data_prep/encode_reben.py --verify --metadata metadata.parquet --out /data/reBEN/lmdb
 
-All the work is done by :mod:`splml.data.reben_encoder`; this script parses options, sets up
+All the work is done by :mod:`splml.io.reben.encoder` and :mod:`splml.io.reben.verify`; this script parses options, sets up
 logging and prints the summary line.
 """
 
@@ -22,10 +22,12 @@ import sys
 from pathlib import Path
 
 try:
-    from splml.data.reben_encoder import SKIPPED_FILE, EncodeError, encode_reben, verify_reben
+    from splml.io.reben.encoder import SKIPPED_FILE, EncodeError, encode_reben
 except ModuleNotFoundError:  # running from a checkout without the package installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from splml.data.reben_encoder import SKIPPED_FILE, EncodeError, encode_reben, verify_reben
+    from splml.io.reben.encoder import SKIPPED_FILE, EncodeError, encode_reben
+
+from splml.io.reben.verify import verify_reben
 
 
 def _compare_source(text: str) -> int | str:

@@ -47,12 +47,12 @@ from pathlib import Path
 import numpy as np
 
 try:
-    from splml.data.reben import DataFormatError
+    from splml.io.errors import DataFormatError
 except ModuleNotFoundError:  # running from a checkout without the package installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from splml.data.reben import DataFormatError
+    from splml.io.errors import DataFormatError
 
-from splml.data.spml_files import CLASS_NAMES_FILE, VOC_CLASSES
+from splml.data.datasets.spml_files import CLASS_NAMES_FILE, VOC_CLASSES
 
 #: Official phase names of the formatted files: train = official train, val = official val (our test).
 PHASES = ("train", "val")

@@ -25,13 +25,15 @@ import time
 from pathlib import Path
 
 try:
-    from splml.data.image_folders import AID_SCENES, AIDDataModule
+    from splml.data.datamodules.image_folders import AIDDataModule
 except ModuleNotFoundError:  # running from a checkout without the package installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from splml.data.image_folders import AID_SCENES, AIDDataModule
+    from splml.data.datamodules.image_folders import AIDDataModule
 
-from splml.data.image_datasets import read_rgb, write_rows
-from splml.data.reben import DataFormatError
+from splml.data.datasets.image_folders import AID_SCENES
+from splml.data.datasets.images import read_rgb
+from splml.io.errors import DataFormatError
+from splml.io.run_folder import write_rows
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:

@@ -31,13 +31,16 @@ from pathlib import Path
 import numpy as np
 
 try:
-    from splml.data.labels import DominantSinglePositive, RandomSinglePositive, save_observed
+    from splml.data.labels import DominantSinglePositive, RandomSinglePositive
 except ModuleNotFoundError:  # running from a checkout without the package installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from splml.data.labels import DominantSinglePositive, RandomSinglePositive, save_observed
+    from splml.data.labels import DominantSinglePositive, RandomSinglePositive
 
-from splml.data.reben import ReBENDataset, close_lmdb, read_metadata, reference_map_to_class_counts
-from splml.data.reben_format import CLASS_NAMES, METADATA_FILE
+from splml.data.datasets.reben import ReBENDataset
+from splml.io.label_files import save_observed
+from splml.io.reben.format import CLASS_NAMES, METADATA_FILE
+from splml.io.reben.lmdb import close_lmdb
+from splml.io.reben.metadata import read_metadata, reference_map_to_class_counts
 
 MODES: tuple[str, ...] = ("random", "dominant")
 #: The default of ``seed`` in conf/train.yaml, which ``labels=random`` uses as its seed.

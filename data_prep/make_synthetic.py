@@ -24,7 +24,7 @@ except ModuleNotFoundError:  # running from a checkout without the package insta
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     from splml.data.synthetic import SyntheticConfig, generate_synthetic_reben
 
-from splml.data.reben_format import METADATA_FILE, SPLITS
+from splml.io.reben.format import METADATA_FILE, SPLITS
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:

@@ -28,8 +28,8 @@ def main(overrides: list[str]) -> Path:
     from splml.annotate.__main__ import build_items
     from splml.annotate.server import AnnotationServer
     from splml.annotate.session import AnnotationSession
-    from splml.annotate.store import AnnotationLog
     from splml.builders import config_dir, register_resolvers
+    from splml.io.label_files import AnnotationLog
     from tests.browser import CHROMIUM_FLAGS, find_chromium
 
     executable = find_chromium()

@@ -15,7 +15,7 @@ from PIL import Image
 from splml.annotate.items import AnnotationItems
 from splml.annotate.server import AnnotationServer
 from splml.annotate.session import AnnotationSession
-from splml.annotate.store import AnnotationLog
+from splml.io.label_files import AnnotationLog
 
 ANIMALS = ("cat", "dog", "bird", "fish", "cow")
 

@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from splml.annotate import store
 from splml.annotate.items import items_from_datamodule, percentile_stretch
 from splml.annotate.session import AnnotationSession, candidate_batches, candidate_order
-from splml.annotate.store import AnnotationFileBusy, AnnotationFileError, AnnotationLog, Answer
-from splml.data.datamodule import ReBENDataModule
-from splml.data.labels import ANNOTATION_COLUMNS, FullLabels, ManualSinglePositive
-from splml.data.reben_format import CLASS_NAMES
+from splml.data.datamodules.reben import ReBENDataModule
+from splml.data.labels import FullLabels, ManualSinglePositive
+from splml.io.label_files import ANNOTATION_COLUMNS, AnnotationFileBusy, AnnotationLog, Answer, LabelFileError
+from splml.io.label_files import annotations as store
+from splml.io.reben.format import CLASS_NAMES
 
 from .annotate_support import ANIMALS, Page, fake_items, rows, serving
 
@@ -192,7 +192,7 @@ def test_killing_the_writer_at_any_moment_loses_no_confirmed_row(tmp_path):
     out = tmp_path / "a.csv"
     script = (
         "import sys\n"
-        "from splml.annotate.store import AnnotationLog, Answer\n"
+        "from splml.io.label_files import AnnotationLog, Answer\n"
         "ids = [f'img{i}' for i in range(100000)]\n"
         f"log = AnnotationLog({str(out)!r}, ids, ['cat', 'dog'])\n"
         "for i, image_id in enumerate(ids):\n"
@@ -230,7 +230,10 @@ def test_a_second_writer_on_the_same_file_is_refused(tmp_path):
     [
         ("id,label\nimg0,cat\n", "not an annotation file"),
         ("id,label\nimg0,cat", "not an annotation file"),  # no final newline: its last line is not cut either
-        ("image_id,class_name,annotator,timestamp,seconds\nzebra7,cat,a,t,1\n", "line 2: image 'zebra7'"),
+        (
+            "image_id,class_name,annotator,timestamp,seconds\nzebra7,cat,a,t,1\n",
+            "line 2: image id 'zebra7' is not in the training split",
+        ),
         ("image_id,class_name,annotator,timestamp,seconds\nimg0,unicorn,a,t,1\n", "line 2: class 'unicorn'"),
         ("image_id,class_name,annotator,timestamp,seconds\nimg0,cat,a,t\n", "line 2: expected 5 fields"),
     ],
@@ -238,7 +241,7 @@ def test_a_second_writer_on_the_same_file_is_refused(tmp_path):
 def test_a_file_that_is_not_this_datasets_annotation_file_is_refused(tmp_path, content, message):
     out = tmp_path / "a.csv"
     out.write_text(content)
-    with pytest.raises(AnnotationFileError, match=message):
+    with pytest.raises(LabelFileError, match=message):
         AnnotationLog(out, fake_items().ids, ANIMALS)
     assert out.read_text() == content, "a refused file is left as it was"
 
@@ -434,9 +437,9 @@ def _answer_everything(page: Page, choose) -> dict[str, str]:
 
 def test_aid_annotation_covers_the_official_training_set_that_labels_manual_reads(tmp_path):
     from splml.annotate.__main__ import build_items
-    from splml.data.image_folders import AIDDataModule
+    from splml.data.datamodules.image_folders import AIDDataModule
 
-    from .test_image_datasets import write_aid_tree
+    from .image_support import write_aid_tree
 
     root = tmp_path / "aid"
     write_aid_tree(root, n_train=10, n_test=4)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from splml.annotate.items import items_from_datamodule
-from splml.data.datamodule import ReBENDataModule
+from splml.data.datamodules.reben import ReBENDataModule
 from splml.data.labels import FullLabels
 
 from .annotate_support import Page, rows, serving

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from splml.loggers import read_epoch_metrics
+from splml.io.run_folder import read_epoch_metrics
 from splml.train import train
 
 from .helpers import compose_train

@@ -17,7 +17,7 @@ from splml.methods.registry import loss_names
 from splml.models.q2l import Query2LabelHead, sine_positional_encoding
 
 from .helpers import compose_train
-from .test_image_datasets import write_image
+from .image_support import write_image
 
 
 def _head(**kwargs) -> Query2LabelHead:

@@ -25,7 +25,7 @@ from splml.retrieval_module import RetrievalModule
 from splml.train import best_score, train
 
 from .helpers import TINY_DATA, compose_train, run_train_cli
-from .test_image_datasets import aid_label_rows, write_image
+from .image_support import aid_label_rows, write_image
 
 RETRIEVAL_LOSSES = loss_names("retrieval")
 
@@ -83,7 +83,7 @@ def test_training_batches_carry_two_recorded_views_per_image(retrieval_datamodul
 
 
 def test_views_without_augmentation_are_refused(retrieval_datamodule):
-    from splml.data.datamodule import without_augmentation
+    from splml.data.datamodules.base import without_augmentation
 
     with pytest.raises(ValueError, match="need training augmentation"):
         MultiViewDataset(without_augmentation(retrieval_datamodule.datasets["train"]), 2)

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from splml.runs import JobPlan, job_dir_name, plan_job, read_results, write_results
+from splml.io.run_folder import read_results, write_results
+from splml.runs import JobPlan, job_dir_name, plan_job
 
 CHOICES = {"dataset": "synthetic", "labels": "random", "loss": "an", "backbone": "resnet18", "head": "linear"}
 

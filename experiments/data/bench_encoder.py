@@ -65,8 +65,10 @@ def _best_of(repeats: int, patches: int, name: str, once: Callable[[], None]) ->
 
 def run(patches: int, workers: list[int], seed: int, repeats: int) -> list[Row]:
     """Build the source tree, then time each setting ``repeats`` times."""
-    from splml.data.reben_encoder import encode_reben, export_geotiff_tree, verify_reben
     from splml.data.synthetic import LMDB_DIR, SyntheticConfig, generate_synthetic_reben
+    from splml.io.reben.encoder import encode_reben
+    from splml.io.reben.geotiff import export_geotiff_tree
+    from splml.io.reben.verify import verify_reben
 
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="bench_encoder_") as tmp:

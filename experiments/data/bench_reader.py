@@ -39,21 +39,22 @@ HERE = Path(__file__).resolve().parent
 
 def build_lmdb(root: Path, patches: int) -> Path:
     """An LMDB + metadata.parquet of ``patches`` train patches, replicated from the synthetic dataset."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from splml.data.reben import open_reben_lmdb
-    from splml.data.reben_format import METADATA_FILE
     from splml.data.synthetic import SyntheticConfig, ensure_synthetic
+    from splml.io.reben.format import METADATA_FILE
+    from splml.io.reben.lmdb import open_reben_lmdb
+    from splml.io.reben.metadata import write_metadata
+    from splml.io.reben.values import safetensors_views
+    from splml.io.reben.writer import ReBENWriter
 
     source = ensure_synthetic(root / "source", SyntheticConfig())
     meta = pq.read_table(source / METADATA_FILE).to_pylist()
     src_env = open_reben_lmdb(source / "lmdb", lock=False)
     out = root / "reben"
-    (out / "lmdb").mkdir(parents=True, exist_ok=True)
-    env = open_reben_lmdb(out / "lmdb", readonly=False, map_size=400_000 * patches + (1 << 30))
     rows = []
-    with src_env.begin() as src, env.begin(write=True) as txn:
+    with src_env.begin() as src, ReBENWriter(out / "lmdb", map_size=400_000 * patches + (1 << 30)) as writer:
+        entries = {}
         for n in range(patches):
             row = dict(meta[n % len(meta)])
             copy = n // len(meta)
@@ -61,14 +62,16 @@ def build_lmdb(root: Path, patches: int) -> Path:
             # last two characters (the content is what the reader decodes; keys only index it).
             for field in ("patch_id", "s1_name"):
                 key = row[field]
-                value = src.get(key.encode())
                 row[field] = f"{key[:-8]}{copy:02d}{key[-6:]}" if copy else key
-                txn.put(row[field].encode(), value)
+                entries[row[field]] = safetensors_views(src.get(key.encode()))
             row["split"] = "train"
             rows.append(row)
-    env.close()
+            if len(entries) >= 2048:
+                writer.write(entries)
+                entries = {}
+        writer.write(entries)
     src_env.close()
-    pq.write_table(pa.Table.from_pylist(rows, schema=pq.read_schema(source / METADATA_FILE)), out / METADATA_FILE)
+    write_metadata(out / METADATA_FILE, rows)
     return out
 
 
@@ -78,7 +81,7 @@ class BaselineReader:
     def __init__(self, dataset) -> None:  # the splml dataset only supplies paths, keys and statistics
         import torch
 
-        from splml.data.reben_format import BAND_STATS
+        from splml.io.reben.format import BAND_STATS
 
         self.records, self.bands, self.size, self.mode = (
             dataset.records,
@@ -99,7 +102,7 @@ class BaselineReader:
 
         if self.env is None:
             # LMDB allows one environment per file and process: share the reader's (same flags).
-            from splml.data.reben import open_lmdb
+            from splml.io.reben.lmdb import open_lmdb
 
             self.env = open_lmdb(self.lmdb_path)
         rec = self.records[i]
@@ -139,7 +142,7 @@ def main() -> None:
 
     import torch
 
-    from splml.data.reben import ReBENDataset
+    from splml.data.datasets.reben import ReBENDataset
 
     torch.set_num_threads(args.threads)
     started = time.time()

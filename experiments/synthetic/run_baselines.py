@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from splml.runs import is_completed, read_results
+from splml.io.run_folder import read_results
+from splml.runs import is_completed
 from splml.utils.markdown import write_generated_block
 
 HERE = Path(__file__).resolve().parent

@@ -10,7 +10,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from splml.data.datamodule import ReBENDataModule
+from splml.data.datamodules.reben import ReBENDataModule
 from splml.methods.base import SPMLLoss
 from splml.methods.registry import loss_names
 from splml.models.model import SPMLModel

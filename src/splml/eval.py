@@ -24,20 +24,105 @@ from omegaconf import DictConfig, OmegaConf
 
 from splml.builders import build_datamodule, build_module, config_dir, register_resolvers
 from splml.config_checks import check_run_config
-from splml.data.reben_format import BAND_SETS
+from splml.io.reben.format import BAND_SETS
+from splml.io.run_folder import load_checkpoint
+from splml.io.weights import diff_state_dicts, state_dict_of
 
 log = logging.getLogger(__name__)
 register_resolvers()
 
 
+#: Classes that moved, by the path that configs stored in older checkpoints name: they still build.
+MOVED_TARGETS: dict[str, str] = {
+    "splml.data.datamodule.ReBENDataModule": "splml.data.datamodules.reben.ReBENDataModule",
+    "splml.data.datamodule.SyntheticReBENDataModule": "splml.data.datamodules.reben.SyntheticReBENDataModule",
+    "splml.data.image_folders.AIDDataModule": "splml.data.datamodules.image_folders.AIDDataModule",
+    "splml.data.image_folders.LabelTableDataModule": "splml.data.datamodules.image_folders.LabelTableDataModule",
+    "splml.data.spml_files.SPMLFilesDataModule": "splml.data.datamodules.spml_files.SPMLFilesDataModule",
+    "splml.data.spml_files.ObservedLabelsFile": "splml.data.labels.ObservedLabelsFile",
+    # Losses (one module per method then; one home per method or family now).
+    "splml.losses.adagc.AdaGCLoss": "splml.methods.adagc.loss.AdaGCLoss",
+    "splml.losses.an.AssumeNegativeLoss": "splml.methods.an.AssumeNegativeLoss",
+    "splml.losses.an_ls.LabelSmoothingANLoss": "splml.methods.an_ls.LabelSmoothingANLoss",
+    "splml.losses.asl.AsymmetricLoss": "splml.methods.asl.AsymmetricLoss",
+    "splml.losses.em.EntropyMaximizationLoss": "splml.methods.em.em.EntropyMaximizationLoss",
+    "splml.losses.em_apl.EMAPLLoss": "splml.methods.em.em_apl.EMAPLLoss",
+    "splml.losses.en.ExpectedNegativeLoss": "splml.methods.expected.en.ExpectedNegativeLoss",
+    "splml.losses.ep.ExpectedPositiveLoss": "splml.methods.expected.ep.ExpectedPositiveLoss",
+    "splml.losses.epr.ExpectedPositiveRegularizerLoss": "splml.methods.epr.ExpectedPositiveRegularizerLoss",
+    "splml.losses.focal.FocalLoss": "splml.methods.focal.FocalLoss",
+    "splml.losses.full.FullLabelLoss": "splml.methods.full.FullLabelLoss",
+    "splml.losses.gr.GeneralizedRobustLoss": "splml.methods.gr.GeneralizedRobustLoss",
+    "splml.losses.hill.HillLoss": "splml.methods.hill.HillLoss",
+    "splml.losses.jaccard_supcon.JaccardSupConLoss": "splml.methods.contrastive.jaccard_supcon.JaccardSupConLoss",
+    "splml.losses.ll_cp.LargeLossPermanentCorrection": "splml.methods.large_loss.ll_cp.LargeLossPermanentCorrection",
+    "splml.losses.ll_ct.LargeLossTemporaryCorrection": "splml.methods.large_loss.ll_ct.LargeLossTemporaryCorrection",
+    "splml.losses.ll_r.LargeLossRejection": "splml.methods.large_loss.ll_r.LargeLossRejection",
+    "splml.losses.macl.MACLLoss": "splml.methods.contrastive.macl.MACLLoss",
+    "splml.losses.mulsupcon.MulSupConLoss": "splml.methods.contrastive.mulsupcon.MulSupConLoss",
+    "splml.losses.role.ROLELoss": "splml.methods.role.loss.ROLELoss",
+    "splml.losses.splc.SPLCLoss": "splml.methods.splc.SPLCLoss",
+    "splml.losses.supcon.SupConLoss": "splml.methods.contrastive.supcon.SupConLoss",
+    "splml.losses.wan.WeakAssumeNegativeLoss": "splml.methods.wan.WeakAssumeNegativeLoss",
+}
+
+#: The hand-written combinations of older checkpoints, as (base, term) of today's composition
+#: (``splml.methods.combined.CombinedLoss``, ``conf/loss/<base>_<term>.yaml``).
+_OLD_COMBINATIONS: dict[str, tuple[str, str]] = {
+    f"splml.losses.combined.{prefix}{kind}Loss": (base, term)
+    for prefix, base in (
+        ("EN", "splml.methods.expected.en.ExpectedNegativeLoss"),
+        ("EP", "splml.methods.expected.ep.ExpectedPositiveLoss"),
+        ("EPR", "splml.methods.epr.ExpectedPositiveRegularizerLoss"),
+        ("AN", "splml.methods.an.AssumeNegativeLoss"),
+    )
+    for kind, term in (
+        ("Consistency", "splml.methods.expected.cl.ConsistencyLoss"),
+        ("SpatialConsistency", "splml.methods.scl.loss.SpatialConsistencyLoss"),
+    )
+}
+
+
+def _compose_old_combination(node: dict[str, Any]) -> dict[str, Any]:
+    """An older checkpoint's combination class (flat options) as today's base + term composition."""
+    base_target, term_target = _OLD_COMBINATIONS[node["_target_"]]
+    base: dict[str, Any] = {"_target_": base_target}
+    if "expected_positives" in node:
+        base["expected_positives"] = node["expected_positives"]
+    if "score_momentum" in node and not base_target.endswith("AssumeNegativeLoss") and "Regularizer" not in base_target:
+        base["score_momentum"] = node["score_momentum"]
+    if term_target.endswith("SpatialConsistencyLoss"):
+        term = {"_target_": term_target, **(node.get("scl") or {})}
+    else:
+        term = {"_target_": term_target, "score_momentum": node.get("score_momentum", 0.8)}
+    return {
+        "_target_": "splml.methods.combined.CombinedLoss", "base": base, "term": term,
+        "gamma": node.get("gamma", 1.0), "start_epoch": node.get("consistency_start_epoch", 0),
+    }  # fmt: skip
+
+
+def _update_moved_targets(node: Any) -> Any:
+    """``node`` (a plain config) with every ``_target_`` of :data:`MOVED_TARGETS` renamed."""
+    if isinstance(node, dict):
+        if node.get("_target_") in _OLD_COMBINATIONS:
+            node = _compose_old_combination(node)
+        return {
+            k: MOVED_TARGETS.get(v, v) if k == "_target_" and isinstance(v, str) else _update_moved_targets(v)
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_update_moved_targets(v) for v in node]
+    return node
+
+
 def load_run_config(ckpt_path: Path) -> tuple[DictConfig, dict[str, Any]]:
-    """The training config stored in a splml checkpoint, and the checkpoint itself."""
+    """The training config stored in a splml checkpoint, and the checkpoint itself (memory-mapped)."""
     if not ckpt_path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {ckpt_path}")
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(ckpt_path)
     if "splml_config" not in ckpt:
         raise ValueError(f"{ckpt_path} was not written by splml.train (no 'splml_config' entry)")
-    return OmegaConf.create(ckpt["splml_config"]), ckpt
+    return OmegaConf.create(_update_moved_targets(ckpt["splml_config"])), ckpt
 
 
 class CheckpointMismatchError(ValueError):
@@ -65,11 +150,10 @@ def check_weights_fit(
     ``dataset_overrides`` that changed the data settings (``stored_datamodule`` is the
     checkpoint's own ``dataset.datamodule``, ``run_cfg`` the config after the overrides).
     """
-    missing = [k for k in model_state if k not in ckpt_state]
-    unexpected = [k for k in ckpt_state if k not in model_state]
-    reshaped = [k for k in model_state if k in ckpt_state and ckpt_state[k].shape != model_state[k].shape]
-    if not (missing or unexpected or reshaped):
+    diff = diff_state_dicts(model_state, ckpt_state)
+    if diff.fits:
         return
+    missing, unexpected, reshaped = diff.missing, diff.unexpected, diff.reshaped
     head = str(run_cfg.head.get("_target_", "?")).rsplit(".", 1)[-1]
     model = (
         f"backbone={run_cfg.backbone.get('name')}, head={head}, {num_channels} input channels, {num_classes} classes"
@@ -167,11 +251,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     datamodule.prepare_data()
     datamodule.setup("test")
     module = build_module(run_cfg, datamodule)
+    weights = state_dict_of(ckpt, ckpt_path)  # the "state_dict" entry, read as any weights file
     check_weights_fit(
-        module.state_dict(), ckpt["state_dict"], ckpt_path=ckpt_path, run_cfg=run_cfg,
+        module.state_dict(), weights, ckpt_path=ckpt_path, run_cfg=run_cfg,
         stored_datamodule=stored_datamodule, num_channels=datamodule.num_channels, num_classes=datamodule.num_classes,
     )  # fmt: skip
-    module.load_state_dict(ckpt["state_dict"])
+    module.load_state_dict(weights)
     trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[])
     if cfg.split == "test":
         trainer.test(module, datamodule=datamodule)

@@ -9,7 +9,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from splml.runs import RESULTS_FILE, is_completed, read_results
+from splml.io.run_folder import RESULTS_FILE, read_results
+from splml.runs import is_completed
 
 log = logging.getLogger(__name__)
 

@@ -1,13 +1,11 @@
 """Loggers with the guarantees the suite needs on top of Lightning's, and what reads and feeds them.
 
 * :class:`ResumableCSVLogger`: a resumed run's ``metrics.csv`` keeps the rows of the run it resumes;
-* :func:`read_metric_rows` / :func:`read_epoch_metrics`: a run's ``csv/metrics.csv`` read back;
 * :func:`log_figure`: a PNG the run wrote, sent to every logger that shows images.
 """
 
 from __future__ import annotations
 
-import csv
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,47 +16,10 @@ import numpy as np
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
+from splml.io.run_folder import METRICS_FILE, load_checkpoint, read_metric_rows
+from splml.runs import checkpoint_run_dirs
+
 log = logging.getLogger(__name__)
-
-
-def _parse(value: str) -> float | int | str:
-    for kind in (int, float):
-        try:
-            return kind(value)
-        except ValueError:
-            pass
-    return value
-
-
-def read_metric_rows(path: Path) -> list[dict[str, Any]]:
-    """The rows of a Lightning ``metrics.csv``, blanks left out."""
-    with open(path, newline="") as fh:
-        return [{k: _parse(v) for k, v in row.items() if v != ""} for row in csv.DictReader(fh)]
-
-
-def read_epoch_metrics(run_dir: Path, columns: Sequence[str]) -> dict[str, dict[int, float]]:
-    """Per-epoch values of ``columns`` from a run's Lightning CSV log (empty when the run has none).
-
-    Lightning writes one row per logging call with blanks elsewhere, so the last non-blank value
-    of each epoch is kept.
-    """
-    candidates = sorted((run_dir / "csv").rglob("metrics.csv")) if (run_dir / "csv").is_dir() else []
-    curves: dict[str, dict[int, float]] = {c: {} for c in columns}
-    if not candidates:
-        return curves
-    with candidates[-1].open(newline="") as fh:
-        for row in csv.DictReader(fh):
-            epoch = row.get("epoch")
-            if not epoch:
-                continue
-            for column in columns:
-                value = row.get(column)
-                if value not in (None, ""):
-                    try:
-                        curves[column][int(float(epoch))] = float(value)
-                    except ValueError:
-                        continue
-    return curves
 
 
 class ResumableCSVLogger(CSVLogger):
@@ -90,13 +51,11 @@ class ResumableCSVLogger(CSVLogger):
         return experiment
 
     def _rows_before_resume(self) -> list[dict[str, Any]]:
-        from splml.runs import checkpoint_run_dirs, load_checkpoint
-
         ckpt_path = Path(str(self.resume_from))
         ckpt = load_checkpoint(ckpt_path)
         last_epoch = ckpt.get("epoch")
         relative = Path(self.log_dir).resolve().relative_to(Path(self.save_dir).resolve())
-        looked = [run / relative / "metrics.csv" for run in checkpoint_run_dirs(ckpt_path, ckpt)]
+        looked = [run / relative / METRICS_FILE for run in checkpoint_run_dirs(ckpt_path, ckpt)]
         found = next((p for p in looked if p.is_file()), None)
         if found is None:
             log.warning(

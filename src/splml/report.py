@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import csv
 import glob
-import json
 import logging
 import math
 import re
@@ -36,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from splml.callbacks.label_quality import plot_label_quality
-from splml.loggers import read_epoch_metrics
+from splml.io.run_folder import RESULTS_FILE, load_results, read_epoch_metrics
 from splml.runs import is_completed, override_key, recorded_overrides
 from splml.utils.naming import method_name
 from splml.utils.plotting import plot_curves, plot_heat_map, plot_means_with_seeds, save_figure
@@ -82,10 +81,10 @@ def find_results(paths: Sequence[str]) -> list[Path]:
     for pattern in paths:
         matches = [Path(p) for p in glob.glob(pattern)] or [Path(pattern)]
         for match in matches:
-            if match.is_file() and match.name == "results.json":
+            if match.is_file() and match.name == RESULTS_FILE:
                 found.add(match.resolve())
             elif match.is_dir():
-                found.update(p.resolve() for p in match.rglob("results.json"))
+                found.update(p.resolve() for p in match.rglob(RESULTS_FILE))
     if not found:
         raise FileNotFoundError(f"no results.json found under {list(paths)}")
     return sorted(found)
@@ -129,10 +128,7 @@ def group_runs(files: Iterable[Path]) -> dict[tuple[str, ...], RunGroup]:
     by_setting: dict[tuple[str, ...], dict[frozenset[tuple[str, str]], list[tuple[Path, dict[str, Any]]]]]
     by_setting = defaultdict(lambda: defaultdict(list))
     for path in files:
-        try:
-            result = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+        result = load_results(path)
         choices = result.get("choices") or {}
         key = tuple(str(choices.get(k, "?")) for k in GROUP_KEYS)
         # A named variant (conf/ablation/) or another head is its own method, never averaged with the full loss.

@@ -9,27 +9,25 @@ A job is identified by its command-line overrides (Hydra's ``overrides.task``), 
 the ones that do not change what it computes (``NOT_IDENTITY``). ``splml.train`` records them in
 ``results.json`` and in every checkpoint, because Hydra rewrites ``<job dir>/.hydra/`` when a
 job starts, so the folder's own ``.hydra/overrides.yaml`` describes whichever job ran there last.
+The files themselves are read and written by :mod:`splml.io.run_folder`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from splml.io.run_folder import CHECKPOINT_DIR, RESULTS_FILE, load_checkpoint, read_hydra_overrides, read_results
+
 log = logging.getLogger(__name__)
 
-RESULTS_FILE = "results.json"
 #: Overrides that leave what a job computes unchanged: not part of its identity or folder name.
 NOT_IDENTITY = ("skip_completed", "ckpt_path")
-#: Where the checkpoints of a run live, relative to its folder (conf/callbacks/default.yaml).
-CHECKPOINT_DIR = "checkpoints"
 #: Checkpoint entry holding the job's identity overrides.
 CHECKPOINT_OVERRIDES_KEY = "splml_overrides"
 #: Groups compared for runs written before results.json recorded the overrides.
@@ -69,33 +67,6 @@ def job_dir_name(overrides: Iterable[Any], num: Any = 0) -> str:
     return name
 
 
-def write_results(path: Path, results: Mapping[str, Any]) -> None:
-    """Write ``results.json`` atomically: a reader (or a crash) sees the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as fh:
-            json.dump(results, fh, indent=2)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def read_results(path: Path) -> dict[str, Any] | None:
-    """The content of a ``results.json``; None, with a warning naming the file, when it cannot be read."""
-    try:
-        result = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        log.warning("unreadable %s (%s: %s): the run counts as not completed", path, type(exc).__name__, exc)
-        return None
-    if not isinstance(result, dict):
-        log.warning("unreadable %s (not a JSON object): the run counts as not completed", path)
-        return None
-    return result
-
-
 def is_completed(result: Mapping[str, Any] | None) -> bool:
     """Completed: readable and not marked failed (results written before ``status`` existed count as completed)."""
     return result is not None and result.get("status", "completed") == "completed"
@@ -106,19 +77,8 @@ def recorded_overrides(run_dir: Path, result: Mapping[str, Any] | None) -> list[
     ``.hydra/overrides.yaml`` (runs written before results.json recorded them); None if neither says."""
     if result is not None and result.get("overrides") is not None:
         return identity_overrides(result["overrides"])
-    hydra_overrides = run_dir / ".hydra" / "overrides.yaml"
-    if hydra_overrides.is_file():
-        from omegaconf import OmegaConf
-
-        return identity_overrides(OmegaConf.load(hydra_overrides))
-    return None
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """A checkpoint's entries without reading its tensors into memory (they are memory-mapped)."""
-    import torch
-
-    return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    hydra_overrides = read_hydra_overrides(run_dir)
+    return identity_overrides(hydra_overrides) if hydra_overrides is not None else None
 
 
 def checkpoint_run_dirs(ckpt_path: Path, ckpt: Mapping[str, Any]) -> list[Path]:

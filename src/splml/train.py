@@ -32,7 +32,8 @@ from splml.builders import (
     register_resolvers,
 )
 from splml.config_checks import check_run_config
-from splml.runs import RESULTS_FILE, JobPlan, identity_overrides, load_checkpoint, plan_job, write_results
+from splml.io.run_folder import RESULTS_FILE, load_checkpoint, write_results
+from splml.runs import JobPlan, identity_overrides, plan_job
 
 log = logging.getLogger(__name__)
 register_resolvers()

@@ -17,9 +17,9 @@ from omegaconf import DictConfig
 from splml.annotate.items import AnnotationItems, items_from_datamodule
 from splml.annotate.server import AnnotationServer, is_loopback
 from splml.annotate.session import AnnotationSession
-from splml.annotate.store import AnnotationFileBusy, AnnotationFileError, AnnotationLog
 from splml.builders import config_dir, register_resolvers
 from splml.data.labels import FullLabels
+from splml.io.label_files import AnnotationFileBusy, AnnotationLog, LabelFileError
 
 log = logging.getLogger("splml.annotate")
 register_resolvers()
@@ -67,7 +67,7 @@ def open_server(cfg: DictConfig) -> AnnotationServer:
 def main(cfg: DictConfig) -> None:
     try:
         server = open_server(cfg)
-    except (AnnotationFileBusy, AnnotationFileError, OSError) as exc:
+    except (AnnotationFileBusy, LabelFileError, OSError) as exc:
         # Expected situations with a message that says what to do: no traceback.
         print(f"splml.annotate: error: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(1) from exc

@@ -25,10 +25,12 @@ import numpy as np
 from PIL import Image
 
 from splml.data import display
-from splml.data.datamodule import ReBENDataModule
-from splml.data.image_datasets import ImageDataModule, read_rgb
-from splml.data.reben import DataFormatError, ReBENDataset
-from splml.data.reben_format import CLC_TO_CLASS, PATCH_SIZE, resolve_band_set
+from splml.data.datamodules.images import ImageDataModule
+from splml.data.datamodules.reben import ReBENDataModule
+from splml.data.datasets.images import read_rgb
+from splml.data.datasets.reben import ReBENDataset
+from splml.io.errors import DataFormatError
+from splml.io.reben.format import CLC_TO_CLASS, PATCH_SIZE, resolve_band_set
 
 log = logging.getLogger(__name__)
 

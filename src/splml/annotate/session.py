@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from splml.annotate.items import UNLABELLED_COLOUR, AnnotationItems
-from splml.annotate.store import AnnotationLog, Answer
-from splml.data.reben import DataFormatError
+from splml.io.errors import DataFormatError
+from splml.io.label_files import AnnotationLog, Answer
 
 log = logging.getLogger(__name__)
 

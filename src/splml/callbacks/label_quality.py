@@ -21,7 +21,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.loggers import CSVLogger
 
-from splml.loggers import log_figure, read_epoch_metrics
+from splml.io.run_folder import read_epoch_metrics
+from splml.loggers import log_figure
 from splml.utils.plotting import integer_epochs, line_style, pyplot
 
 log = logging.getLogger(__name__)

@@ -6,17 +6,21 @@ test always keep their full labels; only the training split is touched.
 
 Every source is deterministic and its output is saved next to the run
 (``observed_train_labels.npy`` and a readable CSV), so a run's labels can always be recovered.
+The label files themselves are read by their one owner, :mod:`splml.io.label_files`.
 """
 
 from __future__ import annotations
 
-import csv
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from splml.data.datasets.spml_files import load_label_matrix, load_string_array
+from splml.io.errors import DataFormatError
+from splml.io.label_files import load_single_positive_file, read_annotation_file
 
 log = logging.getLogger(__name__)
 
@@ -131,11 +135,6 @@ class DominantSinglePositive(LabelSource):
         return observed
 
 
-#: Columns of the annotation file written by ``python -m splml.annotate`` (its header row, in this
-#: order). A row with an empty ``class_name`` records a skipped image; later rows for an image
-#: replace earlier ones (an answer changed after going back).
-ANNOTATION_COLUMNS: tuple[str, ...] = ("image_id", "class_name", "annotator", "timestamp", "seconds")
-
 #: What ``labels=manual`` does with a training image the file leaves without a class.
 MISSING_POLICIES: tuple[str, ...] = ("error", "random")
 
@@ -143,14 +142,10 @@ MISSING_POLICIES: tuple[str, ...] = ("error", "random")
 class ManualSinglePositive(LabelSource):
     """Labels from a file: one class per training sample, chosen by a person.
 
-    Two formats are read:
-
-    * ``<id>,<class name or index>`` rows, optionally under a header (detected when its second
-      field is neither a class name nor an index); an id appearing twice is an error;
-    * the annotation file of ``python -m splml.annotate``: a header naming at least ``image_id``
-      and ``class_name`` (extra columns such as annotator, timestamp and seconds are kept in the
-      file, not used here). It is a log: the last row of an image wins, and an empty class
-      marks an image the annotator skipped.
+    The file is read by :func:`splml.io.label_files.read_annotation_file`, the reader the
+    annotation tool uses too: ``<id>,<class name or index>`` rows (optionally under a header),
+    or the annotation file of ``python -m splml.annotate`` (a log: the last row of an image
+    wins, and an empty class marks an image the annotator skipped).
 
     Every training sample needs a class. Skipped and missing samples are an error listing
     them, unless ``missing="random"``, which gives each of them one of its true labels drawn
@@ -173,20 +168,14 @@ class ManualSinglePositive(LabelSource):
         targets = np.asarray(targets)
         if not self.file.is_file():
             raise FileNotFoundError(f"manual label file not found: {self.file}")
-        with self.file.open(newline="", encoding="utf-8") as fh:
-            rows = list(csv.reader(fh))
+        chosen = read_annotation_file(self.file, ids=ids, class_names=class_names).latest()
         index_of_id = {sid: i for i, sid in enumerate(ids)}
         index_of_class = {name: c for c, name in enumerate(class_names)}
-        header = [cell.strip() for cell in rows[0]] if rows else []
-        if "image_id" in header and "class_name" in header:
-            chosen = _read_annotation_rows(self.file, rows, index_of_id, index_of_class)
-        else:
-            chosen = _read_pair_rows(self.file, rows, index_of_id, index_of_class)
         observed = np.zeros(targets.shape, dtype=np.float32)
-        for sid, cls_index in chosen.items():
-            if cls_index is not None:
-                observed[index_of_id[sid], cls_index] = 1.0
-        skipped = [sid for sid in ids if sid in chosen and chosen[sid] is None]
+        for sid, class_name in chosen.items():
+            if class_name:
+                observed[index_of_id[sid], index_of_class[class_name]] = 1.0
+        skipped = [sid for sid in ids if chosen.get(sid) == ""]
         missing = [sid for sid in ids if sid not in chosen]
         if not skipped and not missing:
             return observed
@@ -211,147 +200,44 @@ class ManualSinglePositive(LabelSource):
         return observed
 
 
-def _read_pair_rows(
-    file: Path, rows: list[list[str]], index_of_id: dict[str, int], index_of_class: dict[str, int]
-) -> dict[str, int]:
-    """``<id>,<class>`` rows: every id at most once."""
-    chosen: dict[str, int] = {}
-    seen: dict[str, int] = {}
-    for line, row in enumerate(rows, start=1):
-        if not row or all(not cell.strip() for cell in row):
-            continue
-        if len(row) != 2:
-            raise ValueError(f"{file}, line {line}: expected 2 fields (id, class), got {len(row)}: {row}")
-        sid, cls = row[0].strip(), row[1].strip()
-        cls_index = _parse_class(cls, index_of_class)
-        if cls_index is None:
-            if line == 1 and sid not in index_of_id:
-                continue  # header row
-            raise ValueError(
-                f"{file}, line {line}: {cls!r} is neither a class name nor an index in 0..{len(index_of_class) - 1}"
-            )
-        if sid not in index_of_id:
-            raise ValueError(f"{file}, line {line}: id {sid!r} is not in the training split")
-        if sid in seen:
-            raise ValueError(f"{file}, line {line}: id {sid!r} already labelled on line {seen[sid]}")
-        seen[sid] = line
-        chosen[sid] = cls_index
-    return chosen
+class ObservedLabelsFile(LabelSource):
+    """Observed training labels read from an ``.npy`` file (N x L in {-1, 0, 1}).
 
-
-def _read_annotation_rows(
-    file: Path, rows: list[list[str]], index_of_id: dict[str, int], index_of_class: dict[str, int]
-) -> dict[str, int | None]:
-    """Rows of an annotation file (header first): the last row per id wins; an empty class is a skip."""
-    header = [cell.strip() for cell in rows[0]]
-    id_col, class_col = header.index("image_id"), header.index("class_name")
-    chosen: dict[str, int | None] = {}
-    for line, row in enumerate(rows[1:], start=2):
-        if not row or all(not cell.strip() for cell in row):
-            continue
-        if len(row) != len(header):
-            raise ValueError(
-                f"{file}, line {line}: expected {len(header)} fields ({','.join(header)}), got {len(row)}: {row} "
-                "(a line cut short by a crash is repaired by starting python -m splml.annotate on the file)"
-            )
-        sid, cls = row[id_col].strip(), row[class_col].strip()
-        if sid not in index_of_id:
-            raise ValueError(f"{file}, line {line}: id {sid!r} is not in the training split")
-        if not cls:
-            chosen[sid] = None
-            continue
-        cls_index = _parse_class(cls, index_of_class)
-        if cls_index is None:
-            raise ValueError(
-                f"{file}, line {line}: {cls!r} is neither a class name nor an index in 0..{len(index_of_class) - 1}"
-            )
-        chosen[sid] = cls_index
-    return chosen
-
-
-def load_single_positive_file(
-    file: Path, targets: np.ndarray, *, ids: Sequence[str], class_names: Sequence[str]
-) -> np.ndarray:
-    """Load an N x L one-hot ``.npy`` of single positives and check it against the split.
-
-    A label file is only valid for the exact split it was made from, so everything that can be
-    checked is: the shape (N samples x L classes), values 0/1 with exactly one positive per
-    row, the positive among the row's true labels and, when the readable CSV written next to
-    it exists, the sample ids in order. Errors name the file and the first bad row.
+    Meant for the literature's ``formatted_train_labels_obs.npy``: its rows follow
+    ``formatted_train_images.npy``, which is read from beside it (or ``images_file``) to find
+    the row of every training id, so the file stays correct when items were skipped. Without an
+    images file the rows must match the ids one to one.
     """
-    file = Path(file)
-    if not file.is_file():
-        raise FileNotFoundError(
-            f"single-positive label file not found: {file} (write it with data_prep/make_single_positive_labels.py)"
-        )
-    try:
-        observed = np.load(file, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise ValueError(f"{file}: not a readable .npy array ({exc})") from exc
-    targets = np.asarray(targets)
-    if observed.shape != targets.shape:
-        raise ValueError(
-            f"{file}: shape {observed.shape}, but the training split has shape {targets.shape} "
-            f"(samples x classes); it was made for another split (metadata file, include_snow_cloud, max_samples?)"
-        )
-    if not np.issubdtype(observed.dtype, np.number) and observed.dtype != np.bool_:
-        raise ValueError(f"{file}: dtype {observed.dtype} is not numeric")
-    not_binary = ~np.isin(observed, (0, 1))
-    positives = (observed == 1).sum(1)
-    outside = ((observed == 1) & (targets == 0)).any(1)
-    bad = np.flatnonzero(not_binary.any(1) | (positives != 1) | outside)
-    if bad.size:
-        row = int(bad[0])
-        where = f"{file}, row {row} (id {ids[row]})"
-        if not_binary[row].any():
-            raise ValueError(f"{where}: values must be 0 or 1, got {observed[row][not_binary[row]][:5].tolist()}")
-        if positives[row] != 1:
-            raise ValueError(
-                f"{where}: expected exactly one positive, got {int(positives[row])} "
-                f"{[class_names[c] for c in np.flatnonzero(observed[row] == 1)]}"
+
+    name = "observed_file"
+
+    def __init__(self, file: str | Path, images_file: str | Path | None = None) -> None:
+        if not file:
+            raise ValueError("ObservedLabelsFile needs file=<path to an N x L .npy of -1/0/1>")
+        self.file = Path(file)
+        if images_file is None and self.file.name.endswith("_labels_obs.npy"):
+            sibling = self.file.with_name(self.file.name.replace("_labels_obs.npy", "_images.npy"))
+            images_file = sibling if sibling.is_file() else None
+        self.images_file = Path(images_file) if images_file else None
+
+    def observe(self, targets, *, ids, class_names, class_counts=None):
+        targets = np.asarray(targets)
+        observed = load_label_matrix(self.file, targets.shape[1], values=(-1.0, 0.0, 1.0)).astype(np.float32)
+        if self.images_file is None:
+            if len(observed) != len(ids):
+                raise DataFormatError(
+                    f"{self.file}: {len(observed)} rows for {len(ids)} training images (and no images file "
+                    "to match them by path)"
+                )
+            return observed
+        row_of = {str(p): r for r, p in enumerate(load_string_array(self.images_file))}
+        if len(row_of) != len(observed):
+            raise DataFormatError(
+                f"{self.file} has {len(observed)} rows but {self.images_file} lists {len(row_of)} images"
             )
-        if outside[row]:
-            cls = int(np.flatnonzero(observed[row] == 1)[0])
-            raise ValueError(
-                f"{where}: the positive {class_names[cls]!r} is not among its true labels "
-                f"{[class_names[c] for c in np.flatnonzero(targets[row])]}"
+        missing = [sid for sid in ids if sid not in row_of]
+        if missing:
+            raise DataFormatError(
+                f"{self.images_file}: {len(missing)} training image(s) not listed (first: {missing[:3]})"
             )
-    _check_file_ids(file.with_suffix(".csv"), ids)
-    return observed.astype(np.float32)
-
-
-def _check_file_ids(csv_file: Path, ids: Sequence[str]) -> None:
-    """Compare the ids of the CSV written next to a label file with the split's, in order."""
-    if not csv_file.is_file():
-        return
-    with csv_file.open(newline="", encoding="utf-8") as fh:
-        rows = [row[0] for row in csv.reader(fh) if row][1:]  # first row is the header
-    if len(rows) != len(ids):
-        raise ValueError(f"{csv_file}: {len(rows)} ids, but the training split has {len(ids)} samples")
-    for row, (found, expected) in enumerate(zip(rows, ids, strict=True)):
-        if found != expected:
-            raise ValueError(
-                f"{csv_file}, row {row}: id {found!r} where the training split has {expected!r}; "
-                "the label file was made for another sample order"
-            )
-
-
-def _parse_class(text: str, index_of_class: dict[str, int]) -> int | None:
-    if text in index_of_class:
-        return index_of_class[text]
-    if text.lstrip("-").isdigit():
-        value = int(text)
-        if 0 <= value < len(index_of_class):
-            return value
-    return None
-
-
-def save_observed(path_stem: Path, observed: np.ndarray, ids: Sequence[str], class_names: Sequence[str]) -> None:
-    """Write observed labels as ``<stem>.npy`` and a human-readable ``<stem>.csv``."""
-    path_stem.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path_stem.with_suffix(".npy"), observed)
-    with path_stem.with_suffix(".csv").open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["id", "observed_positives"])
-        for sid, row in zip(ids, observed, strict=True):
-            writer.writerow([sid, ";".join(class_names[c] for c in np.flatnonzero(row > 0))])
+        return observed[[row_of[sid] for sid in ids]]

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from splml.data.image_datasets import write_rows
+from splml.io.run_folder import write_rows
 
 
 def split_targets(datamodule: Any) -> dict[str, np.ndarray]:

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from splml.runs import read_results
+from splml.io.run_folder import read_results
 
 #: What a run leaves that the report needs (results and per-epoch curves), relative to its folder.
 KEPT_FILES: tuple[str, ...] = ("results.json", "csv/metrics.csv", ".hydra/overrides.yaml")

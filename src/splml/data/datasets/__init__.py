@@ -1,0 +1,7 @@
+"""The format of each collection as a torch dataset: files -> decoded, normalised, augmented items.
+
+``reben`` (reBEN-format LMDB patches, through :class:`splml.io.reben.reader.ReBENReader`),
+``images`` (RGB images of any collection), ``image_folders`` (image folders and their label
+table) and ``spml_files`` (the SPML literature's ``.npy`` files). How splits are built and
+loaded is :mod:`splml.data.datamodules`' business.
+"""
