@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -56,9 +57,15 @@ def test_tensorboard_run_gets_the_resolved_config_as_hyperparameters(tensorboard
     experiment = next(p.experiment for p in plugin.values() if p.HasField("experiment"))
     metrics = {m.name.tag for m in experiment.metric_infos}
     assert {"val/mAP_macro", "test/mAP_macro"} <= metrics, "the HParams table shows the run's scores"
-    # The nested config is also written next to the events and the CSV log.
-    for folder in ("tensorboard", "csv"):
-        assert "head_lr_mult: 10" in (tensorboard_run / folder / "hparams.yaml").read_text(), folder
+    # The columns' placeholder (NaN at step 0) is not a score: the latest value, which the table
+    # shows, is the run's own.
+    for tag in ("val/mAP_macro", "test/mAP_macro"):
+        values = events.Scalars(tag)
+        assert values[0].step == 0 and math.isnan(values[0].value), tag
+        assert math.isfinite(values[-1].value) and values[-1].step > 0, tag
+    # The config is also written next to the CSV log (nested) and the events (the table's flat keys).
+    assert "\n  head_lr_mult: 10\n" in (tensorboard_run / "csv" / "hparams.yaml").read_text()
+    assert "\noptim/head_lr_mult: 10\n" in (tensorboard_run / "tensorboard" / "hparams.yaml").read_text()
 
 
 def test_tensorboard_run_logs_the_learning_rate_of_backbone_and_head(tensorboard_run):

@@ -52,6 +52,8 @@ def test_table_configs_sweep_the_published_datasets_methods_and_three_seeds(tabl
 def test_spatial_consistency_table_uses_the_papers_linear_probe_recipe():
     cfg = _compose("experiment=table_spatial_consistency")
     assert (cfg.optim.linear_probe_epochs, cfg.optim.linear_probe_lr, cfg.optim.lr) == (5, 1e-3, 1e-5)
+    assert cfg.optim.optimizer._target_ == "torch.optim.Adam"
+    assert cfg.optim.scheduler._target_ == "splml.optim.linear_probe_warmup_cosine"
     assert cfg.trainer.max_epochs == 30 and list(cfg.dataset.datamodule.augment.crop_scale) == [0.25, 1.0]
     # CL / SCL start after the linear probe.
     assert _compose("experiment=table_spatial_consistency", "loss=en_scl").loss.start_epoch == 5

@@ -50,13 +50,55 @@ def test_ap_per_class_and_micro_match_sklearn(seed: int, decimals: int | None) -
     assert out["num_samples"] == scores.shape[0]
 
 
-def test_ap_chunked_path_and_torch_input_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ap_torch_input_agrees() -> None:
     scores, targets = _random_problem(5, n=50, num_classes=9, decimals=2)
     expected = _sklearn_per_class(scores, targets)
-    monkeypatch.setattr(M, "_AP_CHUNK_ELEMENTS", 60)  # forces chunks of one class
     np.testing.assert_allclose(average_precision_per_class(scores, targets), expected, atol=1e-12)
     from_torch = average_precision_per_class(torch.from_numpy(scores).float(), torch.from_numpy(targets).bool())
     np.testing.assert_allclose(from_torch, _sklearn_per_class(scores.astype(np.float32), targets), atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_ap_with_heavy_ties_matches_sklearn(seed: int) -> None:
+    """Tie groups of every kind: positives tied with negatives at the top, whole columns tied, grids."""
+    rng = np.random.default_rng(seed)
+    n, num_classes = 300, 10
+    targets = (rng.random((n, num_classes)) < 0.2).astype(np.float64)
+    targets[:3] = 1.0
+    scores = np.round(rng.random((n, num_classes)) * 4 + 2 * targets, 0) / 6  # 7 distinct values per column
+    scores[:, 0] = 0.5  # one tie group: AP = prevalence
+    scores[:10, 1] = 1.0  # the top group mixes positives and negatives
+    scores[targets[:, 2] == 1, 2] = 0.25  # every positive in one group ...
+    scores[:20, 2] = 0.25  # ... shared with negatives
+    ours = average_precision_per_class(scores, targets)
+    np.testing.assert_allclose(ours, _sklearn_per_class(scores, targets), rtol=0, atol=1e-12)
+    assert ours[0] == pytest.approx(targets[:, 0].mean(), abs=1e-12)
+    out = compute_metrics(scores, targets)
+    assert out["mAP_micro"] == pytest.approx(100 * average_precision_score(targets, scores, average="micro"), abs=1e-10)
+    for suffix, rows in (("k1", targets.sum(1) == 1), ("k2", targets.sum(1) == 2)):
+        sub_t, sub_s = targets[rows], scores[rows]
+        keep = sub_t.sum(0) > 0
+        expected = _sklearn_per_class(sub_s[:, keep], sub_t[:, keep]).mean()
+        assert out[f"mAP_macro_{suffix}"] == pytest.approx(100 * expected, abs=1e-10)
+
+
+def test_ap_leaves_torch_default_dtype_and_warnings_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    scores, targets = _random_problem(4, n=30, num_classes=4)
+    targets[:, 1] = 0.0  # no positive: torchmetrics would warn (and score it 0)
+    before = torch.get_default_dtype()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ap = average_precision_per_class(scores, targets)
+    assert torch.get_default_dtype() == before
+    assert math.isnan(ap[1]) and not np.isnan(np.delete(ap, 1)).any()
+
+    def failing(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("inside torchmetrics")
+
+    monkeypatch.setattr(M, "multilabel_average_precision", failing)
+    with pytest.raises(RuntimeError, match="inside torchmetrics"):  # the dtype is restored after an error too
+        average_precision_per_class(scores, targets)
+    assert torch.get_default_dtype() == before
 
 
 def test_class_without_positives_is_nan_and_excluded() -> None:

@@ -125,7 +125,9 @@ def test_q2l_coco_preset_is_the_papers_setting():
     loss = instantiate(cfg.loss)
     assert (loss.name, loss.gamma_neg, loss.gamma_pos, loss.clip, loss.detach_focusing_weight) == (
         "asl", 2.0, 0.0, 0.05, True)  # fmt: skip
-    assert (cfg.optim.optimizer, cfg.optim.lr, cfg.optim.weight_decay) == ("adamw", 1e-4, 1e-2)
+    assert (cfg.optim.optimizer._target_, cfg.optim.lr, cfg.optim.optimizer.weight_decay) == (
+        "torch.optim.AdamW", 1e-4, 1e-2)  # fmt: skip
+    assert cfg.optim.scheduler._target_ == "splml.optim.linear_probe_warmup_cosine"
     assert cfg.optim.warmup_epochs == round(0.2 * cfg.trainer.max_epochs)
     head = cfg.head
     assert (head.hidden_dim, head.input_proj, head.encoder_layers, head.decoder_layers, head.heads,

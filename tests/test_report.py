@@ -210,3 +210,33 @@ def test_report_curves_average_seeds_and_skip_missing_logs(tmp_path):
     epochs, values = mean_curve(group, "val/mAP_macro")
     assert epochs == [0, 1, 2] and values == pytest.approx([49.0, 50.0, 51.0])
     assert mean_curve(group, "diag/extra_positive_precision") == ([], [])
+
+
+def test_summary_frame_is_mean_and_sample_std_over_seeds(tmp_path):
+    """The pandas aggregation behind every table: mean, sample std (0 for one run), counts, missing metrics."""
+    import random
+    import statistics
+
+    from splml.report import find_results, group_runs, summary_frame
+
+    rng = random.Random(3)
+    values = {"an": [rng.uniform(0, 100) for _ in range(5)], "en": [rng.uniform(0, 100)], "full": [None, None]}
+    for loss, maps in values.items():
+        for seed, mAP in enumerate(maps):
+            _write(tmp_path, f"{loss}{seed}", loss, seed, mAP)
+    groups = group_runs(find_results([str(tmp_path)]))
+    summary = summary_frame(groups, ["test/mAP_macro", "test/not_logged"])
+    key = ("synthetic", "random", "an", "resnet18")
+    assert summary.loc[key, ("mean", "test/mAP_macro")] == pytest.approx(statistics.fmean(values["an"]), abs=1e-12)
+    assert summary.loc[key, ("std", "test/mAP_macro")] == pytest.approx(statistics.stdev(values["an"]), abs=1e-12)
+    assert summary.loc[key, ("n", "test/mAP_macro")] == 5
+    single = summary.loc[("synthetic", "random", "en", "resnet18")]
+    assert (single["std", "test/mAP_macro"], single["n", "test/mAP_macro"]) == (0.0, 1)
+    assert summary.loc[("synthetic", "random", "full", "resnet18"), ("n", "test/mAP_macro")] == 0
+    assert (summary["n", "test/not_logged"] == 0).all() and summary["mean", "test/not_logged"].isna().all()
+    assert list(summary.index) == list(groups)  # the groups' order, which the tables keep for ties
+
+    main([str(tmp_path), "--out", str(tmp_path / "out")])
+    csv_bytes = (tmp_path / "out" / "table.csv").read_bytes()
+    assert csv_bytes.startswith(b"dataset,labels,loss,backbone,test/mAP_macro_mean,") and b"\r\n" in csv_bytes
+    assert b"synthetic,random,full,resnet18,,,,,,,2,0\r\n" in csv_bytes  # no value: empty cells, not NaN

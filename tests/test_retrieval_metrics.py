@@ -86,6 +86,31 @@ def test_map_all_is_sklearn_average_precision_per_query(seed):
     assert compute_retrieval_metrics(q, yq, d, yd, ks=["all"])["mAP@all"] == pytest.approx(100 * np.mean(reference))
 
 
+@pytest.mark.parametrize("seed", [0, 3])
+@pytest.mark.parametrize("k", [1, 5, 20, 100, 157])
+def test_map_at_k_matches_torchmetrics_retrieval_map(seed: int, k: int) -> None:
+    """Our mAP@K against torchmetrics' RetrievalMAP(top_k=K), one retrieval group per query.
+
+    torchmetrics ranks each query's database (N_query x N_database similarities, flattened with
+    the query as the group index) and averages AP over the relevant items in the top K; a query
+    without any relevant item is skipped, as in our convention.
+    """
+    from torchmetrics.retrieval import RetrievalMAP
+
+    q, yq, d, yd = _problem(seed)
+    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+    dn = d / np.linalg.norm(d, axis=1, keepdims=True)
+    # torchmetrics counts an item with a score <= 0 as not retrieved; 2 + cosine keeps the ranking.
+    sims = torch.from_numpy(2.0 + qn @ dn.T)
+    relevant = torch.from_numpy(yq @ yd.T > 0)
+    groups = torch.arange(len(q))[:, None].expand_as(sims)
+    metric = RetrievalMAP(top_k=k, empty_target_action="skip")
+    reference = float(metric(sims.flatten(), relevant.flatten(), indexes=groups.flatten()))
+    ours = compute_retrieval_metrics(q, yq, d, yd, ks=[k])
+    assert ours["num_queries_without_relevant"] >= 1  # the skipped query exists
+    assert ours[f"mAP@{k}"] == pytest.approx(100 * reference, abs=1e-4)
+
+
 @pytest.mark.parametrize("k", [10, 50])
 def test_ndcg_matches_sklearn_with_exponential_gains(k):
     q, yq, d, yd = _problem(3)

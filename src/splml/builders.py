@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -109,24 +110,79 @@ def build_retrieval_model(cfg: DictConfig, datamodule: ReBENDataModule) -> Retri
     return RetrievalModel(backbone, projection, embedding=task.embedding)
 
 
-def _optim(cfg: DictConfig) -> dict[str, Any]:
-    return OmegaConf.to_container(cfg.optim, resolve=True)  # type: ignore[return-value]
+#: The optim.* keys the training module takes itself; the others reach it through the nodes.
+_MODULE_OPTIM_KEYS = ("lr", "head_lr_mult", "linear_probe_epochs")
+
+
+def optim_factory(cfg: DictConfig, kind: str) -> Any:
+    """``optim.<kind>`` (``optimizer`` or ``scheduler``) built into its factory (:mod:`splml.optim`).
+
+    The node is a ``_partial_`` node with a ``_target_``, or null (no scheduler). A plain name
+    (``optim.optimizer=sgd``, as configs written before the ``optim/`` groups had) stands for
+    the option ``conf/optim/<kind>/<name>.yaml``. Errors name the key.
+    """
+    key = f"optim.{kind}"
+    node = cfg.optim.get(kind)
+    if isinstance(node, str):
+        node = _optim_option(cfg, kind, node)
+    if node is None:
+        return None
+    if not OmegaConf.is_dict(node) or "_target_" not in node:
+        raise ValueError(
+            f"{key} must be a node with a _target_ (a _partial_ node of an optimizer or scheduler class) or one "
+            f"of the options {_optim_options(kind)} (conf/optim/{kind}/); got {node}"
+        )
+    try:
+        return instantiate(node, _partial_=True)
+    except InstantiationException as exc:
+        raise ValueError(f"{key}._target_={node._target_!r} cannot be built: {exc}") from exc
+
+
+def _optim_options(kind: str) -> list[str]:
+    return sorted(p.stem for p in (config_dir() / "optim" / kind).glob("*.yaml"))
+
+
+def _optim_option(cfg: DictConfig, kind: str, name: str) -> Any:
+    """The node of option ``name`` of group ``optim/<kind>``, resolved against ``cfg``."""
+    path = config_dir() / "optim" / kind / f"{name}.yaml"
+    if not path.is_file():
+        raise ValueError(
+            f"optim.{kind}={name!r} is not an option of conf/optim/{kind}/ ({', '.join(_optim_options(kind))}); "
+            f"choose one with optim/{kind}=<option> or give a node with a _target_"
+        )
+    option = OmegaConf.load(path)
+    # An option that sets the node to null is written for the global package (optim: {<kind>: null}).
+    node = option.optim[kind] if "optim" in option else option
+    if node is None:
+        return None
+    resolved = OmegaConf.merge(cfg, {"optim": {kind: None}})
+    resolved.optim[kind] = node
+    return resolved.optim[kind]
+
+
+def optim_arguments(cfg: DictConfig) -> dict[str, Any]:
+    """The training module's optimisation arguments: the two factories and the parameter-group settings."""
+    return {
+        "optimizer": optim_factory(cfg, "optimizer"),
+        "scheduler": optim_factory(cfg, "scheduler"),
+        **{key: cfg.optim[key] for key in _MODULE_OPTIM_KEYS},
+    }
 
 
 def _build_classification(cfg: DictConfig, datamodule: ReBENDataModule, loss: SPMLLoss) -> SPMLTrainingModule:
     return instantiate(
         task_config(cfg).module, model=build_model(cfg, datamodule), loss=loss, num_classes=datamodule.num_classes,
-        class_names=list(datamodule.class_names), **_optim(cfg), _convert_="all",
+        class_names=list(datamodule.class_names), threshold=cfg.optim.threshold, **optim_arguments(cfg),
+        _convert_="all",
     )  # fmt: skip
 
 
 def _build_retrieval(cfg: DictConfig, datamodule: ReBENDataModule, loss: SPMLLoss) -> SPMLTrainingModule:
-    optim = _optim(cfg)
-    optim.pop("threshold", None)  # the decision threshold of classification F1; retrieval only ranks
+    # optim.threshold, the decision threshold of classification F1, is not passed: retrieval only ranks.
     return instantiate(
         task_config(cfg).module, model=build_retrieval_model(cfg, datamodule), loss=loss,
         database=datamodule.database_dataloader, num_classes=datamodule.num_classes,
-        class_names=list(datamodule.class_names), **optim, _convert_="all",
+        class_names=list(datamodule.class_names), **optim_arguments(cfg), _convert_="all",
     )  # fmt: skip
 
 

@@ -11,8 +11,8 @@ scikit-learn's numbers:
   ``sklearn.metrics.average_precision_score``: ``AP = sum_n (R_n - R_{n-1}) P_n`` over the
   *distinct* score thresholds in decreasing order. Tied scores form one threshold, so all
   samples of a tie group enter the ranking together (no optimistic or pessimistic tie
-  breaking). It is reimplemented here (vectorised numpy) because scikit-learn is only a test
-  dependency and because the per-class loop of scikit-learn is slow for many classes.
+  breaking). torchmetrics' ``multilabel_average_precision`` (exact curve) computes it, in double
+  precision (see :func:`average_precision_per_class`).
 * A class with **no positive** in the evaluated targets has an undefined AP (recall is 0/0).
   It gets ``NaN`` and is left out of the macro mean; ``num_classes_without_positives`` says how
   many were left out, so a reader can tell a 20-class mean from an 80-class one.
@@ -30,21 +30,19 @@ scikit-learn's numbers:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 from torchmetrics import Metric
+from torchmetrics.functional.classification import multilabel_average_precision
 from torchmetrics.utilities import dim_zero_cat
 
 ArrayLike = np.ndarray | Tensor
-
-#: Upper bound on the number of score entries sorted at once in :func:`average_precision_per_class`;
-#: classes are processed in chunks so that memory stays bounded for datasets with thousands of
-#: classes (a full ``N x L`` argsort of a large split would need several int64 copies).
-_AP_CHUNK_ELEMENTS = 1 << 24
 
 #: Label-count groups of the k-split mAP: (key suffix, min #labels, max #labels or None).
 _LABEL_COUNT_GROUPS: tuple[tuple[str, int, int | None], ...] = (
@@ -103,62 +101,73 @@ def _validate(scores: Any, targets: Any) -> tuple[np.ndarray, np.ndarray]:
     return s, t
 
 
-def _ap_columns(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """Non-interpolated AP of every column of validated float64 ``N x C`` arrays.
+@contextmanager
+def _float64_by_default() -> Iterator[None]:
+    """Make float64 torch's default dtype for the duration of a block.
 
-    Sorting each column by decreasing score, a positive at position ``i`` contributes
-    ``1/P`` of recall at the *end of its tie group* ``e(i)``, where precision is
-    ``TP(e(i)) / (e(i) + 1)``. Summing ``precision at e(i)`` over positives and dividing by ``P``
-    is exactly scikit-learn's ``sum (R_n - R_{n-1}) P_n`` over distinct thresholds, without a
-    Python loop over classes or thresholds.
+    torchmetrics computes precision and recall by dividing integer counts, and such a division
+    yields torch's default dtype: float32 unless changed, which would move AP by up to ~1e-7 from
+    scikit-learn's double-precision value (and from archived results). Under float64 the two
+    agree to ~1e-16.
     """
-    n, c = scores.shape
-    # Stable sort of the negated scores: decreasing score, ties keep the input order (the order
-    # within a tie group does not matter for the result, only determinism does).
-    order = np.argsort(-scores, axis=0, kind="stable")
-    s_sorted = np.take_along_axis(scores, order, axis=0)
-    y_sorted = np.take_along_axis(targets, order, axis=0)
-    tps = np.cumsum(y_sorted, axis=0)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
 
-    rows = np.arange(n)[:, None]
-    # A position ends a tie group if the next score differs (or it is the last position).
-    is_end = np.ones((n, c), dtype=bool)
-    is_end[:-1] = s_sorted[:-1] != s_sorted[1:]
-    # e(i): first group end at or after i, i.e. a reversed running minimum of end positions.
-    end_pos = np.where(is_end, rows, n)
-    group_end = np.minimum.accumulate(end_pos[::-1], axis=0)[::-1]
 
-    precision_at_end = np.take_along_axis(tps, group_end, axis=0) / (group_end + 1.0)
-    num_pos = tps[-1]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ap = np.sum(y_sorted * precision_at_end, axis=0) / num_pos
-    ap[num_pos == 0] = np.nan
-    return ap
+def _torchmetrics_ap(scores: np.ndarray, targets: np.ndarray, average: str | None) -> np.ndarray:
+    """torchmetrics' exact multilabel AP of validated float64 ``N x C`` arrays (``average``: None or "micro")."""
+    with _float64_by_default(), warnings.catch_warnings():
+        # A class without positives gets our policy below (NaN, left out of the mean) instead of
+        # torchmetrics' (recall set to one, AP 0); its warning about that would only mislead.
+        warnings.filterwarnings("ignore", message=".*No positive samples found in target.*")
+        ap = multilabel_average_precision(
+            torch.from_numpy(scores),
+            torch.from_numpy(targets).long(),
+            num_labels=scores.shape[1],
+            average=average,
+            thresholds=None,  # the exact curve over every distinct score, as scikit-learn
+            validate_args=False,  # _validate has checked shapes and values, with messages naming them
+        )
+    return np.atleast_1d(ap.numpy()).astype(np.float64)
 
 
 def average_precision_per_class(scores: ArrayLike, targets: ArrayLike) -> np.ndarray:
     """Average precision of every class, as ``sklearn.metrics.average_precision_score`` computes it.
+
+    Computed by torchmetrics (``multilabel_average_precision``, ``average=None``) in double
+    precision. A class with no positive in ``targets`` has an undefined AP (recall 0/0):
+    torchmetrics would report 0 for it, which would drag the macro mean down for a class absent
+    from the split, so it is set to ``NaN`` here instead.
 
     Args:
         scores: ``N x L`` scores (probabilities or logits: AP only uses the ranking), finite.
         targets: ``N x L`` binary ground truth (0/1 or bool).
 
     Returns:
-        ``float64`` array of length ``L`` with AP in ``[0, 1]`` (fractions, not percent).
-        A class with no positive in ``targets`` has an undefined AP and gets ``NaN``; callers
-        taking a macro mean must exclude it (``np.nanmean``), which :func:`compute_metrics` does
-        and reports as ``num_classes_without_positives``.
+        ``float64`` array of length ``L`` with AP in ``[0, 1]`` (fractions, not percent), ``NaN``
+        for a class without positives; callers taking a macro mean must exclude those
+        (``np.nanmean``), which :func:`compute_metrics` does and reports as
+        ``num_classes_without_positives``.
 
     Raises:
         ValueError: on shape mismatch, non-2-D input, non-finite values or non-binary targets.
     """
     s, t = _validate(scores, targets)
-    n, num_classes = s.shape
-    chunk = max(1, _AP_CHUNK_ELEMENTS // n)
-    out = np.empty(num_classes, dtype=np.float64)
-    for start in range(0, num_classes, chunk):
-        out[start : start + chunk] = _ap_columns(s[:, start : start + chunk], t[:, start : start + chunk])
-    return out
+    ap = _torchmetrics_ap(s, t, average=None)
+    ap[t.sum(axis=0) == 0] = np.nan
+    return ap
+
+
+def micro_average_precision(scores: ArrayLike, targets: ArrayLike) -> float:
+    """AP of the flattened ``N*L`` arrays (scikit-learn's ``average="micro"``); NaN without any positive."""
+    s, t = _validate(scores, targets)
+    if not t.any():
+        return float("nan")
+    return float(_torchmetrics_ap(s, t, average="micro")[0])
 
 
 def _nanmean_or_nan(x: np.ndarray) -> float:
@@ -251,7 +260,7 @@ def compute_metrics(
     ap = average_precision_per_class(s, t)
     metrics: dict[str, float] = {
         "mAP_macro": 100.0 * _nanmean_or_nan(ap),
-        "mAP_micro": 100.0 * float(average_precision_per_class(s.reshape(-1, 1), t.reshape(-1, 1))[0]),
+        "mAP_micro": 100.0 * micro_average_precision(s, t),
     }
 
     f1_per_class, f1_micro = _f1_scores((s >= threshold).astype(np.float64), t)

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from splml.methods.base import LossContext, SPMLLoss
 from splml.metrics import MultiLabelMetricAccumulator
+from splml.optim import OptimizerFactory, RunLength, SchedulerFactory, build_scheduler, named_parameter_groups
 
 # Evaluation metrics are gathered over all ranks by the accumulator itself, so Lightning's advice
 # to reduce them again with sync_dist does not apply.
@@ -42,24 +43,21 @@ class SPMLTrainingModule(L.LightningModule):
         self,
         model: nn.Module,
         loss: SPMLLoss,
+        optimizer: OptimizerFactory = torch.optim.Adam,
+        scheduler: SchedulerFactory | None = None,
         lr: float = 1e-3,
-        weight_decay: float = 0.0,
         head_lr_mult: float = 1.0,
-        optimizer: str = "adam",
-        scheduler: str | None = "cosine",
-        warmup_epochs: int = 0,
         linear_probe_epochs: int = 0,
-        linear_probe_lr: float | None = None,
     ) -> None:
         super().__init__()
         self.model = model
         self.loss = loss
-        self.lr, self.weight_decay, self.head_lr_mult = lr, weight_decay, head_lr_mult
-        self.optimizer_name, self.scheduler_name, self.warmup_epochs = optimizer, scheduler, warmup_epochs
+        # Built by configure_optimizers from the optim.optimizer / optim.scheduler nodes (splml.optim).
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.lr, self.head_lr_mult = lr, head_lr_mult
         # "Linear init" of the SPML papers: the backbone is frozen (weights and BN statistics)
-        # for the first linear_probe_epochs while the head trains at linear_probe_lr.
+        # for the first linear_probe_epochs; the scheduler gives the head its probe rate.
         self.linear_probe_epochs = int(linear_probe_epochs)
-        self.linear_probe_lr = float(linear_probe_lr) if linear_probe_lr is not None else lr
         #: Filled by on_test_epoch_end so scripts can write results without parsing loggers.
         self.last_test_metrics: dict[str, float] = {}
         self.last_val_metrics: dict[str, float] = {}
@@ -152,45 +150,17 @@ class SPMLTrainingModule(L.LightningModule):
         head_ids = {id(p) for p in head_params}
         backbone_params = [p for p in self.model.parameters() if id(p) not in head_ids]
         # Named groups: the learning-rate monitor logs lr-<Optimizer>/backbone and .../head.
-        groups = [
-            {"name": "backbone", "params": backbone_params, "lr": self.lr},
-            {"name": "head", "params": head_params, "lr": self.lr * self.head_lr_mult},
-        ]
-        if self.optimizer_name == "adam":
-            opt = torch.optim.Adam(groups, lr=self.lr, weight_decay=self.weight_decay)
-        elif self.optimizer_name == "adamw":
-            opt = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
-        elif self.optimizer_name == "sgd":
-            opt = torch.optim.SGD(groups, lr=self.lr, momentum=0.9, weight_decay=self.weight_decay)
-        else:
-            raise ValueError(f"unknown optimizer {self.optimizer_name!r}; use adam, adamw or sgd")
-        if self.scheduler_name in (None, "none"):
+        groups = named_parameter_groups(backbone_params, head_params, self.lr, self.head_lr_mult)
+        optimizer = self.optimizer_factory(groups)
+        if self.scheduler_factory is None:
             if self.linear_probe_epochs:
-                raise ValueError("optim.linear_probe_epochs needs a scheduler (optim.scheduler=cosine)")
-            return opt
-        if self.scheduler_name != "cosine":
-            raise ValueError(f"unknown scheduler {self.scheduler_name!r}; use cosine or none")
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
-        probe = min(total - 1, self.linear_probe_epochs * steps_per_epoch)
-        warmup = min(total - probe - 1, self.warmup_epochs * steps_per_epoch)
-
-        def fine_tune(step: int) -> float:
-            # Linear warm-up then cosine decay over the steps after the linear probe.
-            step -= probe
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = (step - warmup) / max(1, total - probe - warmup)
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-        def backbone_factor(step: int) -> float:
-            return 0.0 if step < probe else fine_tune(step)
-
-        def head_factor(step: int) -> float:
-            return self.linear_probe_lr / self.lr if step < probe else fine_tune(step)
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, [backbone_factor, head_factor])
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+                raise ValueError(
+                    "optim.linear_probe_epochs needs a scheduler that runs the probe (optim/scheduler=cosine), "
+                    "but optim.scheduler is null"
+                )
+            return optimizer
+        run_length = RunLength.of_trainer(self.trainer.estimated_stepping_batches, self.trainer.max_epochs)
+        return {"optimizer": optimizer, "lr_scheduler": build_scheduler(self.scheduler_factory, optimizer, run_length)}
 
 
 class SPMLModule(SPMLTrainingModule):

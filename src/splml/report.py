@@ -20,7 +20,6 @@ run's ``csv/metrics.csv``; a run without it is simply left out of the curves.
 from __future__ import annotations
 
 import argparse
-import csv
 import glob
 import logging
 import math
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from splml.callbacks.label_quality import plot_label_quality
 from splml.io.run_folder import RESULTS_FILE, load_results, read_epoch_metrics
@@ -187,22 +187,20 @@ def duplicate_seeds(groups: dict[tuple[str, ...], RunGroup]) -> list[str]:
     return lines
 
 
-def format_table(groups: dict[tuple[str, ...], RunGroup], metrics: Sequence[str]) -> list[str]:
-    """Markdown rows, best mean per (dataset, labels) block in bold and second in italic."""
-    blocks = split_blocks(groups)
-    expected = expected_runs(groups)
-    header = "| dataset | labels | loss | backbone | " + " | ".join(metrics) + " | runs |"
-    lines = [header, "|" + "---|" * (len(metrics) + 5)]
-    for (dataset, labels), members in sorted(blocks.items()):
-        ranks = {metric: top_two(members, metric) for metric in metrics}
-        for group in sorted(members, key=lambda g: -_nan_low(g.summary(metrics[0])[0])):
-            cells = [format_cell(group, metric, ranks[metric]) for metric in metrics]
-            lines.append(
-                f"| {dataset} | {labels} | {group.key[2]} | {group.key[3]} | "
-                + " | ".join(cells)
-                + f" | {runs_cell(group, expected)} |"
-            )
-    return lines
+def summary_frame(groups: dict[tuple[str, ...], RunGroup], metrics: Sequence[str]) -> pd.DataFrame:
+    """Mean, std and number of runs of each metric per group: the long table of values, aggregated.
+
+    Rows: the groups, in ``groups`` order (index ``GROUP_KEYS``); columns: (``mean`` | ``std`` |
+    ``n``, metric). The std of a single run is 0; a metric no run of a group has is NaN with n 0.
+    """
+    values = [(*key, metric, v) for key, group in groups.items() for metric in metrics for v in group.values(metric)]
+    runs = pd.DataFrame.from_records(values, columns=[*GROUP_KEYS, "metric", "value"])
+    stats = runs.groupby([*GROUP_KEYS, "metric"])["value"].agg(mean="mean", std="std", n="count").unstack("metric")
+    index = pd.MultiIndex.from_tuples(list(groups), names=GROUP_KEYS)
+    stats = stats.reindex(index=index, columns=pd.MultiIndex.from_product([["mean", "std", "n"], list(metrics)]))
+    stats["n"] = stats["n"].fillna(0).astype(int)
+    stats["std"] = stats["std"].mask(stats["n"] == 1, 0.0)
+    return stats
 
 
 def split_blocks(groups: dict[tuple[str, ...], RunGroup]) -> dict[tuple[str, str], list[RunGroup]]:
@@ -211,18 +209,6 @@ def split_blocks(groups: dict[tuple[str, ...], RunGroup]) -> dict[tuple[str, str
     for group in groups.values():
         blocks[(group.key[0], group.key[1])].append(group)
     return dict(sorted(blocks.items()))
-
-
-def top_two(members: Sequence[RunGroup], metric: str) -> list[float]:
-    """The two best distinct means (rounded so that ties print the same and mark the same)."""
-    means = sorted({round(g.summary(metric)[0], 6) for g in members if g.values(metric)}, reverse=True)
-    return means[:2]
-
-
-def _rank(mean: float, ranks: list[float]) -> int | None:
-    """0 for the best mean, 1 for the second, None otherwise."""
-    rounded = round(mean, 6)
-    return ranks.index(rounded) if rounded in ranks else None
 
 
 def expected_runs(groups: dict[tuple[str, ...], RunGroup]) -> int:
@@ -238,71 +224,76 @@ def runs_cell(group: RunGroup, expected: int) -> str:
     return runs + (f" (of {expected})" if len(group.results) < expected else "")
 
 
-def format_cell(group: RunGroup, metric: str, ranks: list[float], latex: bool = False) -> str:
-    """``mean ± std`` over seeds (the mean alone for one run), best bold and second italic; "missing" if no run has it."""
-    mean, std, n = group.summary(metric)
+def format_cell(mean: float, std: float, n: int, rank: float, latex: bool = False) -> str:
+    """``mean ± std`` over seeds (the mean alone for one run), rank 1 bold and 2 italic; "missing" without runs."""
     if n == 0:
         return "missing"
     plus_minus = " $\\pm$ " if latex else " ± "
     text = f"{mean:.2f}{plus_minus}{std:.2f}" if n > 1 else f"{mean:.2f}"
-    rank = _rank(mean, ranks)
-    if rank is None:
-        return text
-    if latex:
-        return f"\\textbf{{{text}}}" if rank == 0 else f"\\textit{{{text}}}"
-    return f"**{text}**" if rank == 0 else f"*{text}*"
+    markup = {1: ("\\textbf{", "}") if latex else ("**", "**"), 2: ("\\textit{", "}") if latex else ("*", "*")}
+    start, end = markup.get(rank, ("", ""))
+    return start + text + end
+
+
+def cell_frame(groups: dict[tuple[str, ...], RunGroup], metrics: Sequence[str], latex: bool = False) -> pd.DataFrame:
+    """Each group's formatted cell per metric, ranked within its (dataset, labels) block, and its first mean.
+
+    Means are ranked rounded to 6 decimals, so that ties print the same and mark the same.
+    """
+    summary = summary_frame(groups, metrics)
+    ranks = summary["mean"].map(lambda mean: round(mean, 6)).groupby(level=["dataset", "labels"])
+    ranks = ranks.rank(method="dense", ascending=False)
+    stats = ("mean", "std", "n")
+    cells = {m: [format_cell(*v, latex=latex) for v in zip(*(summary[s, m] for s in stats), ranks[m])] for m in metrics}
+    return pd.DataFrame(cells, index=summary.index).assign(_mean=summary["mean", metrics[0]])
+
+
+def long_table(groups: dict[tuple[str, ...], RunGroup], metrics: Sequence[str], latex: bool = False) -> pd.DataFrame:
+    """One row per group: key, a cell per metric and the runs; blocks in order, best first in each."""
+    expected = expected_runs(groups)
+    table = cell_frame(groups, metrics, latex).assign(runs=[runs_cell(g, expected) for g in groups.values()])
+    # Best mean of the first metric first, methods without it last; ties keep the order of the groups.
+    table = table.assign(_mean=-table["_mean"].fillna(-math.inf)).reset_index()
+    blocks = [block.sort_values("_mean", kind="stable") for _, block in table.groupby(["dataset", "labels"])]
+    return pd.concat(blocks).drop(columns="_mean")
+
+
+def markdown_rows(frame: pd.DataFrame) -> list[str]:
+    """Text cells as Markdown table rows (``DataFrame.to_markdown`` needs ``tabulate`` and pads the cells)."""
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
+    return lines + ["| " + " | ".join(row) + " |" for row in frame.astype(str).itertuples(index=False)]
 
 
 def format_wide_table(groups: dict[tuple[str, ...], RunGroup], metric: str, latex: bool = False) -> str:
     """The papers' layout: one row per method (and backbone), one column per (dataset, labels) block.
 
     Ranks are per column. A method that has no run in a block says "not run"; a cell averaged over
-    fewer seeds than the sweep's most, or beside failed runs, says so after its value.
+    fewer seeds than the sweep's most, or beside failed runs, says so after its value. Rows are
+    ordered by the method's mean over its blocks, best first.
     """
-    blocks = split_blocks(groups)
-    columns = list(blocks)
     expected = expected_runs(groups)
-    ranks = {column: top_two(members, metric) for column, members in blocks.items()}
-    by_method: dict[tuple[str, str], dict[tuple[str, str], RunGroup]] = defaultdict(dict)
-    for column, members in blocks.items():
-        for group in members:
-            by_method[(group.key[2], group.key[3])][column] = group
-
-    def order(method: tuple[str, str]) -> float:
-        means = [g.summary(metric)[0] for g in by_method[method].values() if g.values(metric)]
-        return -statistics.fmean(means) if means else math.inf
-
-    several_backbones = len({backbone for _, backbone in by_method}) > 1
-    rows = []
-    for method in sorted(by_method, key=order):
-        name = f"{method[0]} ({method[1]})" if several_backbones else method[0]
-        cells = [tex_escape(name) if latex else name]
-        for column in columns:
-            group = by_method[method].get(column)
-            if group is None:
-                cells.append("not run")
-                continue
-            text = format_cell(group, metric, ranks[column], latex=latex)
-            if group.failed:
-                text += f" (+{len(group.failed)} failed)"
-            elif 0 < len(group.results) < expected:
-                text += f" ({len(group.results)} of {expected} runs)"
-            cells.append(text)
-        rows.append(cells)
-    titles = [f"{dataset} / {labels}" for dataset, labels in columns]
+    notes = [
+        f" (+{len(g.failed)} failed)" if g.failed else f" ({len(g.results)} of {expected} runs)"
+        if 0 < len(g.results) < expected else ""
+        for g in groups.values()
+    ]  # fmt: skip
+    table = cell_frame(groups, [metric], latex).reset_index().sort_values(["dataset", "labels"], kind="stable")
+    table = table.assign(cell=table[metric] + [notes[i] for i in table.index])
+    table["column"] = table["dataset"] + " / " + table["labels"]
+    methods, columns = list(dict.fromkeys(zip(table["loss"], table["backbone"]))), list(dict.fromkeys(table["column"]))
+    means = table.pivot(index=["loss", "backbone"], columns="column", values="_mean").mean(axis=1)
+    order = (-means.reindex(methods).fillna(-math.inf)).to_numpy().argsort(kind="stable")
+    wide = table.pivot(index=["loss", "backbone"], columns="column", values="cell").reindex(methods).iloc[order]
+    wide = wide.reindex(columns=columns).fillna("not run")
+    names = [f"{loss} ({backbone})" if len(set(table["backbone"])) > 1 else loss for loss, backbone in wide.index]
+    wide.insert(0, "method", [tex_escape(name) for name in names] if latex else names)
     caption = f"{metric}, mean ± std over seeds (best bold, second italic)"
-    if latex:
-        lines = [f"% {caption}", r"\begin{tabular}{l" + "r" * len(columns) + "}", r"\hline",
-                 " & ".join(tex_escape(t) for t in ["method", *titles]) + r" \\", r"\hline",
-                 *[" & ".join(cells) + r" \\" for cells in rows], r"\hline", r"\end{tabular}"]  # fmt: skip
-    else:
-        lines = [f"{caption}:", "", "| method | " + " | ".join(titles) + " |", "|---|" + "---|" * len(columns)]
-        lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    if not latex:
+        return "\n".join([f"{caption}:", "", *markdown_rows(wide)]) + "\n"
+    lines = [f"% {caption}", r"\begin{tabular}{l" + "r" * len(columns) + "}", r"\hline",
+             " & ".join(tex_escape(t) for t in ["method", *columns]) + r" \\", r"\hline",
+             *[" & ".join(row) + r" \\" for row in wide.itertuples(index=False)], r"\hline", r"\end{tabular}"]  # fmt: skip
     return "\n".join(lines) + "\n"
-
-
-def _nan_low(x: float) -> float:
-    return -math.inf if math.isnan(x) else x
 
 
 def method_label(group: RunGroup, with_backbone: bool = False) -> str:
@@ -320,20 +311,17 @@ def tex_escape(text: str) -> str:
 
 
 def format_latex(groups: dict[tuple[str, ...], RunGroup], metrics: Sequence[str]) -> str:
-    """A booktabs-free ``tabular`` (compiles without extra packages): mean ± std, best bold, second italic."""
-    columns = ["dataset", "labels", "loss", "backbone", *metrics, "runs"]
-    expected = expected_runs(groups)
+    """A booktabs-free ``tabular`` (compiles without extra packages), a rule after each block.
+
+    Rendered here: ``DataFrame.to_latex`` draws booktabs' rules and none between blocks.
+    """
+    table = long_table(groups, metrics, latex=True)
+    table[list(GROUP_KEYS)] = table[list(GROUP_KEYS)].map(tex_escape)
     lines = [r"\begin{tabular}{" + "llll" + "r" * (len(metrics) + 1) + "}", r"\hline",
-             " & ".join(tex_escape(c) for c in columns) + r" \\", r"\hline"]  # fmt: skip
-    for (dataset, labels), members in split_blocks(groups).items():
-        ranks = {metric: top_two(members, metric) for metric in metrics}
-        for group in sorted(members, key=lambda g: -_nan_low(g.summary(metrics[0])[0])):
-            cells = [tex_escape(part) for part in (dataset, labels, group.key[2], group.key[3])]
-            cells += [format_cell(group, metric, ranks[metric], latex=True) for metric in metrics]
-            lines.append(" & ".join([*cells, runs_cell(group, expected)]) + r" \\")
-        lines.append(r"\hline")
-    lines.append(r"\end{tabular}")
-    return "\n".join(lines) + "\n"
+             " & ".join(tex_escape(c) for c in table.columns) + r" \\", r"\hline"]  # fmt: skip
+    for _, block in table.groupby(["dataset", "labels"], sort=False):
+        lines += [" & ".join(row) + r" \\" for row in block.itertuples(index=False)] + [r"\hline"]
+    return "\n".join([*lines, r"\end{tabular}"]) + "\n"
 
 
 PER_CLASS_PREFIX = "test/AP/"
@@ -352,10 +340,11 @@ def per_class_ap(members: Sequence[RunGroup]) -> tuple[list[str], list[tuple[Run
             for name in named + logged:
                 if name not in classes:
                     classes.append(name)
-    rows = []
-    for group in sorted(members, key=lambda g: g.key[2:]):
-        rows.append((group, [group.summary(f"{PER_CLASS_PREFIX}{c}")[0] for c in classes]))
-    return classes, rows
+    ordered = sorted(members, key=lambda g: g.key[2:])
+    if not classes:
+        return classes, [(group, []) for group in ordered]
+    means = summary_frame({g.key: g for g in ordered}, [f"{PER_CLASS_PREFIX}{c}" for c in classes])["mean"]
+    return classes, [(group, row.tolist()) for group, row in zip(ordered, means.to_numpy(), strict=True)]
 
 
 def write_per_class(members: Sequence[RunGroup], stem: Path) -> bool:
@@ -363,15 +352,12 @@ def write_per_class(members: Sequence[RunGroup], stem: Path) -> bool:
     classes, rows = per_class_ap(members)
     if not classes:
         return False
-    fmt = lambda x: "" if math.isnan(x) else f"{x:.2f}"
-    md = ["| loss | backbone | " + " | ".join(classes) + " |", "|" + "---|" * (len(classes) + 2)]
-    md += [f"| {g.key[2]} | {g.key[3]} | " + " | ".join(fmt(v) or "missing" for v in vals) + " |" for g, vals in rows]
-    stem.with_suffix(".md").write_text("\n".join(md) + "\n")
-    with stem.with_suffix(".csv").open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["loss", "backbone", *classes])
-        for group, vals in rows:
-            writer.writerow([group.key[2], group.key[3], *("" if math.isnan(v) else f"{v:.4f}" for v in vals)])
+    keys = pd.DataFrame([g.key[2:] for g, _ in rows], columns=["loss", "backbone"])
+    means = pd.DataFrame([vals for _, vals in rows], columns=classes)
+    md = pd.concat([keys, means.map(lambda x: "missing" if math.isnan(x) else f"{x:.2f}")], axis=1)
+    stem.with_suffix(".md").write_text("\n".join(markdown_rows(md)) + "\n")
+    csv_table = pd.concat([keys, means.map(lambda x: "" if math.isnan(x) else f"{x:.4f}")], axis=1)
+    csv_table.to_csv(stem.with_suffix(".csv"), index=False, lineterminator="\r\n")
     return True
 
 
@@ -437,15 +423,17 @@ def write_plots(groups: dict[tuple[str, ...], RunGroup], metric: str, out: Path)
 
 
 def write_csv(groups: dict[tuple[str, ...], RunGroup], metrics: Sequence[str], path: Path) -> None:
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow([*GROUP_KEYS, *[f"{m}_{s}" for m in metrics for s in ("mean", "std")], "runs", "failed"])
-        for key, group in sorted(groups.items()):
-            row: list[Any] = list(key)
-            for metric in metrics:
-                mean, std, n = group.summary(metric)
-                row += ["" if n == 0 else f"{mean:.4f}", "" if n == 0 else f"{std:.4f}"]
-            writer.writerow([*row, len(group.results), len(group.failed)])
+    """Mean and std of every metric per group (4 decimals, empty without runs), with run counts."""
+    ordered = dict(sorted(groups.items()))
+    summary = summary_frame(ordered, metrics)
+    table = summary.index.to_frame(index=False)
+    for metric in metrics:
+        missing = (summary["n", metric] == 0).to_numpy()
+        for stat in ("mean", "std"):
+            table[f"{metric}_{stat}"] = ["" if m else f"{v:.4f}" for v, m in zip(summary[stat, metric], missing)]
+    table["runs"] = [len(g.results) for g in ordered.values()]
+    table["failed"] = [len(g.failed) for g in ordered.values()]
+    table.to_csv(path, index=False, lineterminator="\r\n")  # csv.writer's line ends, as the files always had
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -459,7 +447,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     groups = group_runs(find_results(args.paths))
     args.metrics = args.metrics or default_metrics(groups)
-    lines = format_table(groups, args.metrics)
+    lines = markdown_rows(long_table(groups, args.metrics))
     failures = [f for g in groups.values() for f in g.failed]
     if failures:
         lines += ["", f"Failed runs ({len(failures)}):", *[f"- {f}" for f in failures]]

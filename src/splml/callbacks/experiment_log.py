@@ -2,8 +2,9 @@
 
 * :class:`LogRunConfig` gives every logger the run's resolved config as hyperparameters when
   fitting starts: the W&B run config (nested, as in ``.hydra/config.yaml``), ``hparams.yaml`` in
-  the CSV and TensorBoard folders, and TensorBoard's HParams table (flattened to ``optim/lr``
-  style keys, since TensorBoard takes only scalars).
+  the CSV folder, and TensorBoard's HParams table (and ``hparams.yaml`` in its folder) through
+  ``TensorBoardLogger.log_hyperparams``, flattened to ``optim/lr`` style keys, since TensorBoard
+  takes only scalars, with the task's scores as the table's metric columns.
 * The figures a run writes reach the loggers through :func:`splml.loggers.log_figure`.
 
 The learning rates come from Lightning's ``LearningRateMonitor`` (``conf/callbacks/default.yaml``),
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,17 +24,18 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 log = logging.getLogger(__name__)
 
+Scalar = bool | int | float | str
+
 #: Scores TensorBoard's HParams table shows next to the config when the run names none (see
 #: :func:`hparams_table_metrics`); the table reads each run's latest value of these tags.
 HPARAMS_TABLE_METRICS = ("val/mAP_macro", "test/mAP_macro")
-
-Scalar = bool | int | float | str
 
 
 def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Scalar]:
     """Nested config -> ``{"optim/lr": 0.001, ...}`` with scalar values only.
 
-    Lists, ``None`` and empty sections become their JSON text, so no key is left out.
+    Lists, ``None`` and empty sections become their JSON text, so no key is left out (Lightning's
+    own flattening drops empty lists and sections, such as the default ``tags: []``).
     """
     flat: dict[str, Scalar] = {}
     for key, value in config.items():
@@ -54,10 +57,14 @@ class LogRunConfig(L.Callback):
         if config is None:
             log.warning("the module carries no run config (not built by splml.train): no hyperparameters logged")
             return
+        # TensorBoard's HParams table needs its metric columns named now; Lightning logs each at step 0
+        # with the value given, NaN here: no score yet, and the table shows the run's latest value.
+        columns = dict.fromkeys(hparams_table_metrics(trainer, pl_module), math.nan)
         for logger in trainer.loggers:
-            logger.log_hyperparams(config)
-            if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
-                _write_tensorboard_hparams(logger, flatten_config(config), hparams_table_metrics(trainer, pl_module))
+            if isinstance(logger, TensorBoardLogger):
+                logger.log_hyperparams(flatten_config(config), metrics=columns)
+            else:
+                logger.log_hyperparams(config)
 
 
 def hparams_table_metrics(trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[str, ...]:
@@ -69,17 +76,3 @@ def hparams_table_metrics(trainer: L.Trainer, pl_module: L.LightningModule) -> t
     monitors = [cb.monitor for cb in trainer.checkpoint_callbacks if getattr(cb, "monitor", None)]
     metrics = [*monitors[:1], *getattr(pl_module, "summary_metrics", ())]
     return tuple(dict.fromkeys(metrics)) or HPARAMS_TABLE_METRICS
-
-
-def _write_tensorboard_hparams(logger: TensorBoardLogger, flat: dict[str, Scalar], metrics: tuple[str, ...]) -> None:
-    """The HParams table entry of this run, with the real score tags as its metric columns.
-
-    Lightning's ``log_hyperparams(params, metrics)`` would also write a placeholder value of each
-    metric at step 0, which would then appear in its curve; the summaries alone only name the tags.
-    """
-    from torch.utils.tensorboard.summary import hparams
-
-    summaries = hparams(flat, dict.fromkeys(metrics, 0.0))
-    writer = logger.experiment._get_file_writer()  # the same event file as the run's scalars
-    for summary in summaries:
-        writer.add_summary(summary)

@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from splml.data.sampler import sample_item
-from splml.data.transforms import RecordedSpatialAugment
+from splml.data.transforms import FrameRandomResizedCrop, RecordedSpatialAugment
 from splml.io.errors import DataFormatError
 
 #: ImageNet statistics (RGB, on [0, 1]): every pretrained RGB backbone of timm expects them.
@@ -127,11 +127,13 @@ def build_photometric(spec: Sequence[dict[str, Any]] | None) -> Any:
 class RecordedImageAugment(RecordedSpatialAugment):
     """Random resized crop and flips recorded in ``item["aug"]``, then photometric transforms.
 
-    The crop box and flips are drawn by the parent class in the ``image_size`` frame (same
+    The crop box and flips are drawn as by the parent class in the ``image_size`` frame (same
     generator calls in the same order, same record), but the view is cut from the decoded
-    source image (``item["image"]``, a PIL image) rather than from an already-resized tensor.
-    Photometric transforms come from albumentations (config list ``photometric``); their
-    randomness is seeded from the same per-item generator, so a resumed run repeats them.
+    source image (``item["image"]``, a PIL image) rather than from an already-resized tensor: the
+    crop renders it from the pipeline's ``source`` (so the ``image`` it is given only stands in
+    until then, and the source is never converted to an array). Photometric transforms come
+    from albumentations (config list ``photometric``); their randomness is seeded from the same
+    per-item generator, so a resumed run repeats them.
     The result in ``item["image"]`` is an ``image_size`` x ``image_size`` x 3 uint8 array.
     """
 
@@ -145,34 +147,31 @@ class RecordedImageAugment(RecordedSpatialAugment):
         photometric: Sequence[dict[str, Any]] | None = None,
         interpolation: str = "bilinear",
     ) -> None:
-        super().__init__(crop_scale=crop_scale, crop_ratio=crop_ratio, hflip=hflip, vflip=vflip)
         self.image_size = int(image_size)
         self.resample = resample_filter(interpolation)
+        super().__init__(crop_scale=crop_scale, crop_ratio=crop_ratio, hflip=hflip, vflip=vflip)
         self.photometric_spec = [dict(x) for x in (photometric or [])]
         # Built eagerly so that a config error surfaces at setup, not in a worker.
         self._photometric = build_photometric(self.photometric_spec)
+        self._stand_in = np.zeros((1, 1, 3), dtype=np.uint8)
+
+    def crop_transform(self) -> FrameRandomResizedCrop:
+        # Always: without crop_scale it renders the whole frame (and draws nothing).
+        frame = (self.image_size, self.image_size)
+        return FrameRandomResizedCrop(self.crop_scale, self.crop_ratio, frame=frame, render=self._render)
+
+    def _render(self, source: Image.Image, box: tuple[int, int, int, int]) -> np.ndarray:
+        return np.array(render_view(source, self.image_size, box, self.resample), dtype=np.uint8)
 
     def __call__(self, item: dict[str, Any], generator: torch.Generator | None = None) -> dict[str, Any]:
-        source: Image.Image = item["image"]
         size = self.image_size
-        top, left, h, w = self._crop_box(size, size, generator)
-        flip = self.hflip and bool(torch.rand(1, generator=generator) < 0.5)
-        vflip = self.vflip and bool(torch.rand(1, generator=generator) < 0.5)
-        view = render_view(source, size, (top, left, h, w), self.resample)
-        if flip:
-            view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        if vflip:
-            view = view.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
-        pixels = np.array(view, dtype=np.uint8)
+        out = self.augment(generator, (size, size), image=self._stand_in, source=item["image"])
+        pixels = out["image"]
         if self._photometric is not None:
             self._photometric.set_random_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
             pixels = np.ascontiguousarray(self._photometric(image=pixels)["image"])
         item["image"] = pixels
-        item["aug"] = {
-            "crop": torch.tensor([top, left, h, w], dtype=torch.long),
-            "flip": torch.tensor(flip),
-            "vflip": torch.tensor(vflip),
-        }
+        item["aug"] = out["aug"]
         return item
 
 
