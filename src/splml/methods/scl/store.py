@@ -306,7 +306,7 @@ class HeatmapStore(StoreCallback):
         model_out = outputs["outputs"]
         if "maps" not in model_out:
             raise RuntimeError("the heatmap store (SCL) needs outputs['maps']: use a model with the spatial head")
-        maps = model_out["maps"].float().sigmoid()
+        maps = model_out["maps"].float()  # logits; the sigmoid is applied to the maps that are kept
         if maps.shape[-1] != self.meta["grid_size"] or maps.shape[-2] != self.meta["grid_size"]:
             raise ValueError(
                 f"score maps are {tuple(maps.shape[-2:])} but the heatmap store was built for "
@@ -318,17 +318,17 @@ class HeatmapStore(StoreCallback):
         old = store[idx].to(device)
         classes = self.classes
         if classes is None:
-            values, visible = backward_warp(maps, boxes, hflip, vflip, int(self.meta["width"]))
+            values, visible = backward_warp(maps.sigmoid(), boxes, hflip, vflip, int(self.meta["width"]))
             rows = ema_update(old, values, visible, self.momentum)
             self.apply_rows(*self.gather_updates(batch, rows))
         else:
             logits = model_out.get("logits")
-            probs = logits.float().sigmoid() if logits is not None else maps.mean(dim=(-2, -1))
+            probs = logits.float().sigmoid() if logits is not None else maps.sigmoid().mean(dim=(-2, -1))
             chosen = classes[idx].to(device)
             if int(getattr(trainer, "current_epoch", 0)) >= self.topk_from_epoch:
                 chosen = self._choose_classes(chosen, probs)
             slots = chosen.clamp_min(0)[:, :, None, None]
-            tracked = maps.gather(1, slots.expand(-1, -1, *maps.shape[-2:]))
+            tracked = maps.gather(1, slots.expand(-1, -1, *maps.shape[-2:])).sigmoid()  # k of the L maps
             values, visible = backward_warp(tracked, boxes, hflip, vflip, int(self.meta["width"]))
             # Slots not chosen yet (before topk_from_epoch) keep their zeros.
             rows = ema_update(old, values, visible & (chosen >= 0)[:, :, None, None], self.momentum)
@@ -401,10 +401,13 @@ class HeatmapStore(StoreCallback):
         assert store is not None and annotated is not None
         groups = ("annotated", "unannotated_positive", "negative") if truth is not None else ("annotated",)
         sums, counts = dict.fromkeys(groups, 0.0), dict.fromkeys(groups, 0)
-        step = max(1, CHUNK_BYTES // max(1, store[0].numel(), 4 * self.num_classes))
+        # Per sample: its maps (uint8) and its N' x (L + 1) float64 means; the maps are summed as
+        # integers, never copied as floats.
+        step = max(1, CHUNK_BYTES // (store[0].numel() + 8 * (self.num_classes + 1)))
+        scale = 255.0 * store.shape[-1] * store.shape[-2]
         for start in range(0, self.num_samples, step):
             rows = slice(start, min(start + step, self.num_samples))
-            means = store[rows].double().mean(dim=(-2, -1)) / 255.0
+            means = store[rows].sum(dim=(-2, -1), dtype=torch.int64).double() / scale
             if self.classes is not None:
                 means = self._scatter_classes(means[:, :, None, None], self.classes[rows])[:, :, 0, 0]
             obs = annotated[rows]
