@@ -10,7 +10,9 @@ DataLoader worker does on one core):
   ``torchvision.io.decode_jpeg`` (libjpeg-turbo), OpenCV ``cv2.imdecode`` (+ BGR -> RGB);
 * reduced-size decoding (the DCT scaling of libjpeg, which skips most of the work): PIL's
   ``Image.draft`` asking for at least 256 px on the short side (what a 224 px centre crop after a
-  256 px resize needs), and the same through the dataset's decoder;
+  256 px resize needs); it only helps images at least twice that size;
+* the dataset's decoder (:func:`splml.data.datasets.imagenet.decode_rgb`: libjpeg-turbo through
+  torchvision, then a PIL image for the crop);
 * the dataset's item pipeline (``splml.data.datasets.imagenet``): a training item (recorded
   random resized crop + flip at 224 px, normalised tensor) and an evaluation item (resize,
   centre crop 224 px), one image file read from the page cache per item.
@@ -112,8 +114,7 @@ def decoders() -> dict[str, Callable[[Path], object]]:
         "torchvision.io.decode_jpeg (full size)": torchvision_io,
         "OpenCV imdecode (full size)": opencv,
         "PIL draft (>= 256 px short side)": pil_draft,
-        "splml decode_rgb (full size)": lambda p: decode_rgb(p),
-        "splml decode_rgb (>= 256 px short side)": lambda p: decode_rgb(p, min_side=256),
+        "splml decode_rgb (the dataset's decoder, full size)": decode_rgb,
     }
 
 
@@ -127,7 +128,7 @@ def pipelines(paths: list[Path]) -> dict[str, Callable[[Path], object]]:
     ids = [p.name for p in paths]
     index = {p: i for i, p in enumerate(paths)}
     train = ImageNetDataset(paths, targets, ids, transform=ImageNetTrainAugment(224, crop_scale=(0.08, 1.0)))
-    evaluation = ImageNetDataset(paths, targets, ids, image_size=224, eval_resize=256)
+    evaluation = ImageNetDataset(paths, targets, ids, image_size=224, eval_crop_fraction=224 / 256)
     seeds = iter(range(10**9))
     return {
         "train item (crop + flip, 224 px)": lambda p: train[(index[p], next(seeds), False)],
@@ -183,8 +184,8 @@ def main(argv: list[str] | None = None) -> None:
         f"(wall time {(time.time() - started) / 60:.1f} min).",
         "",
         f"{len(paths)} JPEGs (quality 90), mean {np.mean([w * h for w, h in pixels]) / 1e6:.2f} megapixels, "
-        f"mean file {np.mean(sizes) / 1024:.0f} KiB (ILSVRC2012 train: about 0.18 megapixels... 0.2 on average, "
-        "110 KiB), read from the page cache; medians of the rounds.",
+        f"mean file {np.mean(sizes) / 1024:.0f} KiB (ILSVRC2012 train: about 110 KiB per file), read from the "
+        "page cache; medians of the rounds.",
         "",
         "| method | CPU ms / image | images/s per core (CPU) | wall ms / image | vs PIL (CPU) |",
         "|---|---:|---:|---:|---:|",

@@ -162,3 +162,30 @@ def test_evaluation_view_is_the_centre_crop(tmp_path):
 def test_labels_observed_refuses_images_with_several_labels():
     with pytest.raises(ValueError, match="exactly one label.*b with 2"):
         DatasetSinglePositive().observe(np.array([[1, 0], [1, 1]]), ids=["a", "b"], class_names=["x", "y"])
+
+
+def test_verify_script_stops_on_a_missing_image_without_skip_bad(tmp_path):
+    from ...image_support import data_prep_script
+
+    root = write_imagenet(tmp_path / "imagenet", "devkit")
+    (root / "val" / "ILSVRC2012_val_00000005.JPEG").unlink()
+    with pytest.raises(DataFormatError, match="ILSVRC2012_val_00000005"):
+        data_prep_script("verify_imagenet").main(["--root", str(root), "--num-classes", "4", "--workers", "1"])
+
+
+def test_verify_script_reports_every_problem_with_skip_bad(tmp_path, capsys):
+    from ...image_support import data_prep_script
+
+    root = write_imagenet(tmp_path / "imagenet", "devkit")
+    (root / "val" / "ILSVRC2012_val_00000005.JPEG").unlink()
+    bad = root / "train" / WNIDS[2] / f"{WNIDS[2]}_1.JPEG"
+    bad.write_bytes(b"\xff\xd8 not a jpeg")
+    out = tmp_path / "report"
+    args = ["--root", str(root), "--num-classes", "4", "--workers", "1", "--out", str(out), "--skip-bad"]
+    assert data_prep_script("verify_imagenet").main(args) == 1
+    rows = (out / "bad_images.csv").read_text().splitlines()
+    assert rows[0] == "item,reason" and len(rows) == 3
+    assert rows[1].startswith("ILSVRC2012_val_00000005,image not found")
+    assert str(bad) in rows[2] and "cannot decode" in rows[2]
+    summary = capsys.readouterr().out
+    assert "16 training and 7 validation images" in summary and "2 problem(s)" in summary

@@ -29,6 +29,7 @@ heatmaps exactly once per epoch (``coverage``).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 from typing import Any
@@ -386,38 +387,42 @@ class HeatmapStore(StoreCallback):
     @staticmethod
     def _train_target_array(trainer: L.Trainer) -> np.ndarray | None:
         """The training split's full labels as the dataset holds them (no N x L copy), or None."""
-        datasets = getattr(getattr(trainer, "datamodule", None), "datasets", None) or {}
-        targets = getattr(datasets.get("train"), "targets", None)
-        return None if targets is None else np.asarray(targets)
+        train = (getattr(getattr(trainer, "datamodule", None), "datasets", None) or {}).get("train")
+        return None if getattr(train, "targets", None) is None else np.asarray(train.targets)
 
     def diagnostic_means(self, truth: np.ndarray | Tensor | None) -> dict[str, float]:
         """Mean stored heatmap value (in [0, 1]) of the annotated, unannotated-positive and negative entries.
 
-        Streamed over the samples in chunks of at most ``CHUNK_BYTES`` of maps (and of N' x L
-        means), so the pass needs bounded memory at any N (ImageNet, COCO); untracked classes of
-        the top-k store count as 0. ``truth`` is the N x L full labels (None: annotated only).
+        Streamed over the samples in chunks of about ``CHUNK_BYTES``: bounded memory at any N (ImageNet,
+        COCO); untracked classes of the top-k store count as 0. ``truth``: N x L full labels, or None.
         """
         store, annotated = self.heatmaps, self._observed
         assert store is not None and annotated is not None
         groups = ("annotated", "unannotated_positive", "negative") if truth is not None else ("annotated",)
         sums, counts = dict.fromkeys(groups, 0.0), dict.fromkeys(groups, 0)
-        # Per sample: its maps (uint8) and its N' x (L + 1) float64 means; the maps are summed as
-        # integers, never copied as floats.
-        step = max(1, CHUNK_BYTES // (store[0].numel() + 8 * (self.num_classes + 1)))
+        # Per sample: its maps (uint8, summed as integers) and a few N' x L bool masks.
+        step = max(1, CHUNK_BYTES // (store[0].numel() + 4 * self.num_classes))
         scale = 255.0 * store.shape[-1] * store.shape[-2]
-        for start in range(0, self.num_samples, step):
-            rows = slice(start, min(start + step, self.num_samples))
-            means = store[rows].sum(dim=(-2, -1), dtype=torch.int64).double() / scale
-            if self.classes is not None:
-                means = self._scatter_classes(means[:, :, None, None], self.classes[rows])[:, :, 0, 0]
-            obs = annotated[rows]
-            masks = {"annotated": obs}
-            if truth is not None:
-                positive = torch.as_tensor(np.asarray(truth[rows])) > 0.5
-                masks.update(unannotated_positive=positive & ~obs, negative=~positive & ~obs)
-            for group, mask in masks.items():
-                sums[group] += float(means[mask].sum())
-                counts[group] += int(mask.sum())
+        # Read-ahead for this whole-store pass (rows are read at random otherwise: storage.MemmapFile.sequential).
+        with self.memmap.sequential() if self.memmap is not None else contextlib.nullcontext():
+            for start in range(0, self.num_samples, step):
+                rows = slice(start, min(start + step, self.num_samples))
+                means = store[rows].sum(dim=(-2, -1), dtype=torch.int64).double() / scale  # N' x (L or k)
+                obs = annotated[rows]
+                pos = torch.as_tensor(np.asarray(truth[rows])) > 0.5 if truth is not None else torch.zeros_like(obs)
+                # The group of each stored slot; untracked entries add 0 to the sums and 1 to the counts.
+                ids = self.classes[rows] if self.classes is not None else torch.arange(self.num_classes).expand_as(obs)
+                slot_valid, slot = ids >= 0, ids.clamp_min(0)
+                slot_obs, slot_pos = obs.gather(1, slot) & slot_valid, pos.gather(1, slot) & slot_valid
+                selected = {
+                    "annotated": (slot_obs, obs),
+                    "unannotated_positive": (slot_pos & ~slot_obs, pos & ~obs),
+                    "negative": (slot_valid & ~slot_pos & ~slot_obs, ~pos & ~obs),
+                }
+                for group in groups:
+                    slot_mask, entry_mask = selected[group]
+                    sums[group] += float(means[slot_mask].sum())
+                    counts[group] += int(entry_mask.sum())
         return {f"diag/heatmap_{g}": sums[g] / counts[g] if counts[g] else float("nan") for g in groups}
 
     def _should_plot(self, trainer: L.Trainer) -> bool:
