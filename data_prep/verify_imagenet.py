@@ -36,7 +36,9 @@ from splml.io.run_folder import write_rows
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--root", type=Path, required=True, help="folder holding train/, val/ and real.json")
     p.add_argument("--num-classes", type=int, default=1000)
     p.add_argument("--val-labels", default="auto", help="auto | folders | devkit | loc")

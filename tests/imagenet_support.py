@@ -62,7 +62,9 @@ def write_imagenet(
         (devkit / "ILSVRC2012_validation_ground_truth.txt").write_text("\n".join(lines) + "\n")
     elif layout == "loc":
         rows = ["ImageId,PredictionString"]
-        rows += [f"ILSVRC2012_val_{i:08d},{WNIDS[c]} 1 2 30 20 {WNIDS[c]} 4 4 9 9" for i, c in enumerate(VAL_CLASSES, 1)]
+        rows += [
+            f"ILSVRC2012_val_{i:08d},{WNIDS[c]} 1 2 30 20 {WNIDS[c]} 4 4 9 9" for i, c in enumerate(VAL_CLASSES, 1)
+        ]
         (root / "LOC_val_solution.csv").write_text("\n".join(rows) + "\n")
         (root / "LOC_synset_mapping.txt").write_text("".join(f"{w} words of {w}\n" for w in WNIDS))
     elif layout != "folders":

@@ -71,7 +71,9 @@ def test_accumulator_adds_the_relabelled_keys_only_when_given():
     acc = MultiLabelMetricAccumulator(num_classes=6)
     probs, tgt = torch.from_numpy(scores).float(), torch.from_numpy(targets).float()
     for chunk in torch.randperm(40, generator=torch.Generator().manual_seed(0)).split(7):
-        acc.update(probs[chunk], tgt[chunk], chunk, torch.from_numpy(original)[chunk], torch.from_numpy(has_target)[chunk])
+        acc.update(
+            probs[chunk], tgt[chunk], chunk, torch.from_numpy(original)[chunk], torch.from_numpy(has_target)[chunk]
+        )
     pad = torch.tensor([0, 1])  # a DistributedSampler's padding repeats: counted once
     acc.update(probs[pad], tgt[pad], pad, torch.from_numpy(original)[pad], torch.from_numpy(has_target)[pad])
     got = acc.compute()

@@ -26,7 +26,6 @@ cores are shared. Writes the table into this folder's README.md (block ``jpeg``)
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import platform
 import shutil
@@ -175,17 +174,23 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     base = statistics.median(cpu["PIL (full size)"])
     lines = [
-        f"Measured {date.today().isoformat()} on {os.cpu_count()} CPU cores ({platform.machine()}), one process, "
-        f"one thread (`torch.set_num_threads(1)`, `cv2.setNumThreads(1)`), Pillow {Image.__version__}, "
-        f"torch {torch.__version__}; load average {os.getloadavg()[0]:.1f} at the end (the cores are shared: CPU "
-        "time is the verdict).",
+        (
+            f"Measured {date.today().isoformat()} on {os.cpu_count()} CPU cores ({platform.machine()}), one process, "
+            f"one thread (`torch.set_num_threads(1)`, `cv2.setNumThreads(1)`), Pillow {Image.__version__}, "
+            f"torch {torch.__version__}; load average {os.getloadavg()[0]:.1f} at the end (the cores are shared: CPU "
+            "time is the verdict)."
+        ),
         "",
-        f"Command: `python experiments/data/bench_jpeg.py --images {args.images} --rounds {args.rounds}` "
-        f"(wall time {(time.time() - started) / 60:.1f} min).",
+        (
+            f"Command: `python experiments/data/bench_jpeg.py --images {args.images} --rounds {args.rounds}` "
+            f"(wall time {(time.time() - started) / 60:.1f} min)."
+        ),
         "",
-        f"{len(paths)} JPEGs (quality 90), mean {np.mean([w * h for w, h in pixels]) / 1e6:.2f} megapixels, "
-        f"mean file {np.mean(sizes) / 1024:.0f} KiB (ILSVRC2012 train: about 110 KiB per file), read from the "
-        "page cache; medians of the rounds.",
+        (
+            f"{len(paths)} JPEGs (quality 90), mean {np.mean([w * h for w, h in pixels]) / 1e6:.2f} megapixels, "
+            f"mean file {np.mean(sizes) / 1024:.0f} KiB (ILSVRC2012 train: about 110 KiB per file), read from the "
+            "page cache; medians of the rounds."
+        ),
         "",
         "| method | CPU ms / image | images/s per core (CPU) | wall ms / image | vs PIL (CPU) |",
         "|---|---:|---:|---:|---:|",

@@ -65,11 +65,11 @@ class PeakAnon:
         while not self._stop.wait(0.01):
             self.peak = max(self.peak, proc_kib()["RssAnon"])
 
-    def __enter__(self) -> PeakAnon:
+    def __enter__(self) -> PeakAnon:  # noqa: PYI034 - a final helper class
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
 
@@ -90,7 +90,9 @@ def label_files(folder: Path, n: int, rng: np.random.Generator) -> tuple[np.memm
 
 def batch(indices: torch.Tensor, rng: torch.Generator) -> dict[str, Any]:
     b = indices.numel()
-    crop = torch.stack([torch.zeros(b), torch.zeros(b), torch.full((b,), float(IMAGE)), torch.full((b,), float(IMAGE))], 1)
+    crop = torch.stack(
+        [torch.zeros(b), torch.zeros(b), torch.full((b,), float(IMAGE)), torch.full((b,), float(IMAGE))], 1
+    )
     side = torch.rand(b, generator=rng) * 0.7 + 0.3
     crop[:, 2:] *= side[:, None]
     return {
@@ -177,36 +179,48 @@ def markdown(args: argparse.Namespace, r: dict[str, Any], wall: float) -> str:
         now = r[key]
         return f"{mib(now['RssAnon'] - before['RssAnon'])} anon, {mib(now['RssFile'] - before['RssFile'])} file"
 
-    return "\n".join([
-        f"Measured {date.today().isoformat()} on {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-        f"{args.threads} thread(s); load average {os.getloadavg()[0]:.1f} at the end (shared machine: times are "
-        "indicative).",
-        "",
-        f"Command: `python experiments/methods/bench_heatmap_imagenet.py --samples {args.samples} --steps {args.steps} "
-        f"--batch-size {args.batch_size}` (wall time {wall / 60:.1f} min).",
-        "",
-        f"N = {args.samples:,}, L = {CLASSES}, k = {TOPK}, G = {GRID}, W = {2 * GRID}, memory-mapped; "
-        f"`HeatmapStore.estimate_bytes`: top-k {gb(r['estimate_bytes'])} (maps + class ids), the full store would be "
-        f"{gb(r['full_store_bytes'])}.",
-        "",
-        "| quantity | value |",
-        "|---|---:|",
-        f"| live file (N x k x W x W uint8) | {gb(r['file_bytes'])} |",
-        f"| class ids in RAM (N x k int64) | {gb(r['classes_bytes'])} |",
-        f"| annotations read at the first batch (N x L bool) | {gb(r['observed_bytes'])} |",
-        f"| creation (first batch: allocate, 255 at the annotated maps) | {r['create_s']:.1f} s |",
-        f"| resident growth after creation | {growth('rss_created')} |",
-        f"| peak anonymous memory during creation (above the level before it) | "
-        f"{mib(r['create_peak_anon'] - before['RssAnon'])} |",
-        f"| `on_train_batch_start` per step (batch {args.batch_size}, median) | {r['step_start_ms']:.1f} ms |",
-        f"| `on_train_batch_end` per step (classes chosen, EMA update) | {r['step_end_ms']:.1f} ms |",
-        f"| resident growth after {args.steps} steps | {growth('rss_steps')} |",
-        f"| end-of-epoch pass (flush + streamed diagnostics over N) | {r['epoch_end_s']:.1f} s |",
-        f"| peak anonymous memory during the epoch-end pass (above the level before it) | "
-        f"{mib(r['epoch_end_peak_anon'] - r['rss_steps']['RssAnon'])} |",
-        f"| resident growth after the epoch-end pass | {growth('rss_epoch_end')} |",
-        f"| checkpoint snapshot (checksummed copy of the file) | {r['snapshot_s']:.1f} s, {gb(r['snapshot_bytes'])} |",
-    ])
+    return "\n".join(
+        [
+            (
+                f"Measured {date.today().isoformat()} on {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+                f"{args.threads} thread(s); load average {os.getloadavg()[0]:.1f} at the end (shared machine: times are "
+                "indicative)."
+            ),
+            "",
+            (
+                f"Command: `python experiments/methods/bench_heatmap_imagenet.py --samples {args.samples} --steps {args.steps} "
+                f"--batch-size {args.batch_size}` (wall time {wall / 60:.1f} min)."
+            ),
+            "",
+            (
+                f"N = {args.samples:,}, L = {CLASSES}, k = {TOPK}, G = {GRID}, W = {2 * GRID}, memory-mapped; "
+                f"`HeatmapStore.estimate_bytes`: top-k {gb(r['estimate_bytes'])} (maps + class ids), the full store would be "
+                f"{gb(r['full_store_bytes'])}."
+            ),
+            "",
+            "| quantity | value |",
+            "|---|---:|",
+            f"| live file (N x k x W x W uint8) | {gb(r['file_bytes'])} |",
+            f"| class ids in RAM (N x k int64) | {gb(r['classes_bytes'])} |",
+            f"| annotations read at the first batch (N x L bool) | {gb(r['observed_bytes'])} |",
+            f"| creation (first batch: allocate, 255 at the annotated maps) | {r['create_s']:.1f} s |",
+            f"| resident growth after creation | {growth('rss_created')} |",
+            (
+                f"| peak anonymous memory during creation (above the level before it) | "
+                f"{mib(r['create_peak_anon'] - before['RssAnon'])} |"
+            ),
+            f"| `on_train_batch_start` per step (batch {args.batch_size}, median) | {r['step_start_ms']:.1f} ms |",
+            f"| `on_train_batch_end` per step (classes chosen, EMA update) | {r['step_end_ms']:.1f} ms |",
+            f"| resident growth after {args.steps} steps | {growth('rss_steps')} |",
+            f"| end-of-epoch pass (flush + streamed diagnostics over N) | {r['epoch_end_s']:.1f} s |",
+            (
+                f"| peak anonymous memory during the epoch-end pass (above the level before it) | "
+                f"{mib(r['epoch_end_peak_anon'] - r['rss_steps']['RssAnon'])} |"
+            ),
+            f"| resident growth after the epoch-end pass | {growth('rss_epoch_end')} |",
+            f"| checkpoint snapshot (checksummed copy of the file) | {r['snapshot_s']:.1f} s, {gb(r['snapshot_bytes'])} |",
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -224,7 +238,9 @@ def main(argv: list[str] | None = None) -> None:
     print(block)
     print(result["diagnostics"])
     if not args.no_write:
-        write_generated_block(HERE / "README.md", "heatmap_imagenet", block, heading="## SCL heatmap store at ImageNet scale")
+        write_generated_block(
+            HERE / "README.md", "heatmap_imagenet", block, heading="## SCL heatmap store at ImageNet scale"
+        )
 
 
 if __name__ == "__main__":

@@ -73,7 +73,9 @@ def read_devkit_meta(path: Path) -> dict[int, str]:
     try:
         synsets = loadmat(path, squeeze_me=True)["synsets"]
     except KeyError:
-        raise DataFormatError(f"{path}: no 'synsets' struct array (is this the ILSVRC2012 devkit's meta.mat?)") from None
+        raise DataFormatError(
+            f"{path}: no 'synsets' struct array (is this the ILSVRC2012 devkit's meta.mat?)"
+        ) from None
     except Exception as exc:  # scipy raises several types for a file that is not a MATLAB file
         raise DataFormatError(f"{path}: cannot read it as a MATLAB file ({type(exc).__name__}: {exc})") from exc
     synsets = np.atleast_1d(synsets)

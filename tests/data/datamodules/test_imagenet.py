@@ -142,7 +142,7 @@ def test_training_crop_is_drawn_in_source_pixels_and_recorded_in_the_frame(tmp_p
     # Back to source pixels: whole pixels, and the rendered view is that box of the source resized.
     box = np.array([top * 48 / 32, left * 64 / 32, h * 48 / 32, w * 64 / 32])
     np.testing.assert_allclose(box, np.round(box), atol=1e-4)
-    t, l_, hh, ww = (int(round(v)) for v in box)
+    t, l_, hh, ww = (round(float(v)) for v in box)
     expected = np.asarray(source.crop((l_, t, l_ + ww, t + hh)).resize((32, 32), Image.Resampling.BILINEAR))
     np.testing.assert_array_equal(out["image"], expected)
     # The same generator seed repeats the draw (resumed runs see the same crops).

@@ -197,7 +197,10 @@ class ImageNetDataModule(ImageDataModule):
         numbers = sorted(set(files) & set(labels))
         without_entry = [n for n in numbers if real is not None and n > len(real)]
         self.report_bad(
-            [(val_image_stem(n), f"no entry in {self.real_file} (left out of the ReaL metrics)") for n in without_entry],
+            [
+                (val_image_stem(n), f"no entry in {self.real_file} (left out of the ReaL metrics)")
+                for n in without_entry
+            ],
             f"ReaL labels {self._real_path(root)} ({len(real or ())} entries)",
         )
         original = np.array([index[labels[n]] for n in numbers], dtype=np.int64)
