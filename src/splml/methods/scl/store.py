@@ -407,22 +407,22 @@ class HeatmapStore(StoreCallback):
         with self.memmap.sequential() if self.memmap is not None else contextlib.nullcontext():
             for start in range(0, self.num_samples, step):
                 rows = slice(start, min(start + step, self.num_samples))
-                means = store[rows].sum(dim=(-2, -1), dtype=torch.int64).double() / scale  # N' x (L or k)
+                chunk = store[rows]
+                means = chunk.reshape(*chunk.shape[:2], -1).sum(-1, dtype=torch.int32).double() / scale
                 obs = annotated[rows]
                 pos = torch.as_tensor(np.asarray(truth[rows])) > 0.5 if truth is not None else torch.zeros_like(obs)
                 # The group of each stored slot; untracked entries add 0 to the sums and 1 to the counts.
                 ids = self.classes[rows] if self.classes is not None else torch.arange(self.num_classes).expand_as(obs)
                 slot_valid, slot = ids >= 0, ids.clamp_min(0)
                 slot_obs, slot_pos = obs.gather(1, slot) & slot_valid, pos.gather(1, slot) & slot_valid
-                selected = {
-                    "annotated": (slot_obs, obs),
-                    "unannotated_positive": (slot_pos & ~slot_obs, pos & ~obs),
-                    "negative": (slot_valid & ~slot_pos & ~slot_obs, ~pos & ~obs),
-                }
+                n_obs, n_pos = torch.count_nonzero(obs), torch.count_nonzero(pos)  # far faster than bool sums
+                entries = {"annotated": n_obs, "unannotated_positive": n_pos - torch.count_nonzero(pos & obs),
+                           "negative": obs.numel() - torch.count_nonzero(pos | obs)}  # fmt: skip
+                slots = {"annotated": slot_obs, "unannotated_positive": slot_pos & ~slot_obs,
+                         "negative": slot_valid & ~slot_pos & ~slot_obs}  # fmt: skip
                 for group in groups:
-                    slot_mask, entry_mask = selected[group]
-                    sums[group] += float(means[slot_mask].sum())
-                    counts[group] += int(entry_mask.sum())
+                    sums[group] += float(means[slots[group]].sum())
+                    counts[group] += int(entries[group])
         return {f"diag/heatmap_{g}": sums[g] / counts[g] if counts[g] else float("nan") for g in groups}
 
     def _should_plot(self, trainer: L.Trainer) -> bool:
