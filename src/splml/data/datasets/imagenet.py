@@ -5,8 +5,8 @@ The label files are read by :mod:`splml.io.imagenet`; which images form each spl
 image file into a model input, as :mod:`splml.data.datasets.images` does for the other RGB
 collections, with three differences that matter at ImageNet's scale and for its pretrained models:
 
-* **Decoding** (:func:`decode_rgb`): ``torchvision.io.decode_jpeg`` (libjpeg-turbo), about 1.8x
-  faster than PIL per core on ImageNet-sized JPEGs (``experiments/data/README.md``), with PIL as
+* **Decoding** (:func:`decode_rgb`): ``torchvision.io.decode_jpeg`` (libjpeg-turbo), 1.8x faster
+  than PIL per core on ImageNet-sized JPEGs (``experiments/data/README.md``), with PIL as
   the fallback for what it refuses (the few PNG files under a ``.JPEG`` name, anything else PIL
   reads). A file that neither can decode (truncated, corrupt) is a
   :class:`~splml.io.errors.DataFormatError` naming it.
