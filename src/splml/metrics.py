@@ -285,6 +285,66 @@ def compute_metrics(
     return metrics
 
 
+def compute_relabelled_metrics(
+    scores: ArrayLike,
+    targets: ArrayLike,
+    has_target: ArrayLike,
+    original_labels: ArrayLike,
+    threshold: float = 0.5,
+    ks: Sequence[int] = (1, 3, 5),
+    class_names: Sequence[str] | None = None,
+) -> dict[str, float]:
+    """The metrics of a single-label evaluation set relabelled with multi-label ground truth (ImageNet + ReaL).
+
+    Beyer et al. 2020 ("Are we done with ImageNet?") give the ImageNet validation images sets of
+    labels and leave some images out (an empty set); Verelst et al. 2023 (Table 3) score a model
+    on both labelings. Here:
+
+    * every key of :func:`compute_metrics`, computed on the images with a known label set
+      (``has_target``) only: ``mAP_macro`` is the mAP on ReaL, ``mAP_macro_k1`` ... ``k4plus`` the
+      mAP on the images with 1, 2, 3, 4+ ReaL labels, ``num_samples`` counts these images;
+    * ``top1_multilabel``: percentage of those images whose highest-scored class is in their set
+      (ReaL accuracy; ties go to the lowest class index, as ``precision@1``, which it equals);
+    * ``top1_original``: percentage of the images with an original single label (``>= 0``) whose
+      highest-scored class is that label (ImageNet top-1), over every such image, with or without
+      a label set; ``num_samples_original`` counts them;
+    * ``num_samples_without_labels``: images left out of the multi-label metrics.
+
+    Args:
+        scores: ``N x L`` probabilities, finite, in ``[0, 1]``.
+        targets: ``N x L`` binary label sets (rows of images without one are ignored).
+        has_target: ``N`` booleans, whether the image has a label set.
+        original_labels: ``N`` class indices of the original single label, -1 for none.
+
+    Raises:
+        ValueError: on bad shapes or values (as :func:`compute_metrics`), or an original label
+            outside ``-1 .. L - 1``.
+    """
+    s, t = _validate(scores, targets)
+    n, num_classes = s.shape
+    known = _to_numpy(has_target, "has_target").astype(bool).reshape(-1)
+    original = _to_numpy(original_labels, "original_labels").astype(np.int64).reshape(-1)
+    if known.shape != (n,) or original.shape != (n,):
+        raise ValueError(f"has_target and original_labels need {n} entries, got {known.shape} and {original.shape}")
+    if original.min(initial=-1) < -1 or original.max(initial=-1) >= num_classes:
+        raise ValueError(f"original_labels must be -1 (none) or a class index in 0..{num_classes - 1}")
+    if known.any():
+        metrics = compute_metrics(s[known], t[known], threshold=threshold, ks=ks, class_names=class_names)
+        best = np.argmax(s[known], axis=1)  # first maximum: the lowest class index among ties
+        metrics["top1_multilabel"] = 100.0 * float(np.mean(t[known][np.arange(best.size), best]))
+    else:
+        metrics = {"num_samples": 0.0, "mAP_macro": float("nan"), "top1_multilabel": float("nan")}
+    with_original = original >= 0
+    metrics["num_samples_original"] = float(with_original.sum())
+    metrics["top1_original"] = (
+        100.0 * float(np.mean(np.argmax(s[with_original], axis=1) == original[with_original]))
+        if with_original.any()
+        else float("nan")
+    )
+    metrics["num_samples_without_labels"] = float((~known).sum())
+    return metrics
+
+
 class MultiLabelMetricAccumulator(Metric):
     """Collects ``(probs, targets, dataset index)`` over an epoch and evaluates all of it at once.
 
@@ -294,6 +354,11 @@ class MultiLabelMetricAccumulator(Metric):
     rows are deduplicated by dataset index (the first occurrence is kept, and the result is
     ordered by index) so that every sample counts exactly once, as the metric spec requires.
     Works the same in a single process, where there is nothing to gather.
+
+    Evaluation sets whose items carry ``original_label`` and ``has_target`` (ImageNet with ReaL,
+    :mod:`splml.data.datasets.imagenet`) pass them to :meth:`update`; they are gathered like the
+    rows, and :meth:`compute` then returns :func:`compute_relabelled_metrics` instead (a superset
+    of the keys). Without them the result is exactly :func:`compute_metrics`'.
     """
 
     is_differentiable = False
@@ -320,9 +385,22 @@ class MultiLabelMetricAccumulator(Metric):
         self.add_state("probs", default=[], dist_reduce_fx="cat")
         self.add_state("targets", default=[], dist_reduce_fx="cat")
         self.add_state("indices", default=[], dist_reduce_fx="cat")
+        self.add_state("original_labels", default=[], dist_reduce_fx="cat")
+        self.add_state("has_target", default=[], dist_reduce_fx="cat")
 
-    def update(self, probs: Tensor, targets: Tensor, indices: Tensor) -> None:  # type: ignore[override]
-        """Store one batch: ``probs`` and ``targets`` are ``B x L``, ``indices`` the ``B`` dataset indices."""
+    def update(  # type: ignore[override]
+        self,
+        probs: Tensor,
+        targets: Tensor,
+        indices: Tensor,
+        original_labels: Tensor | None = None,
+        has_target: Tensor | None = None,
+    ) -> None:
+        """Store one batch: ``probs`` and ``targets`` are ``B x L``, ``indices`` the ``B`` dataset indices.
+
+        ``original_labels`` (B class indices, -1 = none) and ``has_target`` (B booleans) describe
+        a relabelled single-label set; None means no original label and a known target.
+        """
         if probs.ndim != 2 or probs.shape[1] != self.num_classes:
             raise ValueError(f"probs must be B x {self.num_classes}, got shape {tuple(probs.shape)}")
         if targets.shape != probs.shape:
@@ -334,6 +412,12 @@ class MultiLabelMetricAccumulator(Metric):
         self.probs.append(probs.detach().float())
         self.targets.append(targets.detach().float())
         self.indices.append(indices.detach().long())
+        batch = probs.shape[0]
+        for name, value, fill in (("original_labels", original_labels, -1), ("has_target", has_target, 1)):
+            value = torch.full((batch,), fill, device=probs.device) if value is None else torch.as_tensor(value)
+            if value.numel() != batch:
+                raise ValueError(f"{name} must have {batch} entries, got {value.numel()}")
+            getattr(self, name).append(value.detach().reshape(-1).to(device=probs.device, dtype=torch.long))
 
     def compute(self) -> dict[str, float]:  # type: ignore[override]
         """Deduplicate the gathered rows by dataset index and run :func:`compute_metrics` on them."""
@@ -347,10 +431,16 @@ class MultiLabelMetricAccumulator(Metric):
         # under one index mean indices collide (e.g. two datasets mixed), not padding.
         if unique_idx.size != indices.size and not np.array_equal(targets, targets[first][inverse.reshape(-1)]):
             raise ValueError("rows sharing a dataset index have different targets; indices are not unique keys")
-        return compute_metrics(
-            probs[first],
-            targets[first],
-            threshold=self.threshold,
-            ks=self.ks,
-            class_names=self.class_names,
+        original = dim_zero_cat(self.original_labels).cpu().numpy()[first]
+        has_target = dim_zero_cat(self.has_target).cpu().numpy()[first] > 0
+        if has_target.all() and (original < 0).all():
+            return compute_metrics(
+                probs[first],
+                targets[first],
+                threshold=self.threshold,
+                ks=self.ks,
+                class_names=self.class_names,
+            )
+        return compute_relabelled_metrics(
+            probs[first], targets[first], has_target, original, self.threshold, self.ks, self.class_names
         )

@@ -187,7 +187,10 @@ class SPMLModule(SPMLTrainingModule):
     # -- evaluation -------------------------------------------------------------------------
     def _eval_step(self, batch: dict[str, Any], metrics: MultiLabelMetricAccumulator) -> None:
         probs = self.model(batch["image"])["logits"].sigmoid()
-        metrics.update(probs.float(), batch["target"], batch["index"])
+        # ImageNet + ReaL items also carry their single label and whether their label set is known.
+        metrics.update(
+            probs.float(), batch["target"], batch["index"], batch.get("original_label"), batch.get("has_target")
+        )
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, self.val_metrics)

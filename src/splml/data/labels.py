@@ -102,6 +102,29 @@ class RandomSinglePositive(LabelSource):
         return observed
 
 
+class DatasetSinglePositive(LabelSource):
+    """The dataset's own single label is the observed positive: no simulation (ImageNet's labels).
+
+    For collections annotated with one class per training image; the other classes are unknown
+    (0), as for every single-positive source. A training image with another number of labels is
+    an error naming it (``labels=random`` draws one positive from several).
+    """
+
+    name = "observed"
+
+    def observe(self, targets, *, ids, class_names, class_counts=None):
+        targets = _check_targets(targets)
+        counts = (targets > 0).sum(1)
+        bad = np.flatnonzero(counts != 1)
+        if bad.size:
+            row = int(bad[0])
+            raise ValueError(
+                f"labels=observed needs exactly one label per training image; {bad.size} image(s) have another "
+                f"number (first: {ids[row]} with {int(counts[row])}); use labels=random to draw one of them"
+            )
+        return (targets > 0).astype(np.float32)
+
+
 class DominantSinglePositive(LabelSource):
     """The class covering the most pixels of the reference map, among the sample's own labels.
 

@@ -420,3 +420,60 @@ def test_memory_estimates_and_loss_declares_the_store(tmp_path: Path) -> None:
     assert isinstance(callback, HeatmapStore)
     assert (callback.momentum, callback.topk, callback.memmap_dir) == (0.6, 2, tmp_path.resolve())
     assert (callback.num_samples, callback.num_classes) == (7, 4)
+
+
+def test_topk_classes_are_chosen_only_from_topk_from_epoch_on() -> None:
+    """The paper keeps the 10 top-scoring classes *after the warm-up*: before topk_from_epoch only the
+    annotated maps are updated, and the other slots are filled at the first update from then on."""
+    observed = one_hot([1, 4], 5)
+    trainer = fake_trainer(observed)
+    store = HeatmapStore(2, 5, momentum=0.5, grid_size=G, topk=3, topk_from_epoch=2)
+    batch = make_batch([0, 1])
+    started(store, trainer, batch)
+    image_probs = torch.tensor([[0.5, 0.9, 0.1, 0.7, 0.3], [0.6, 0.2, 0.8, 0.1, 0.95]])
+    maps = image_probs[:, :, None, None].expand(2, 5, G, G).clone()
+    store.on_train_batch_end(trainer, FakeModule(), step_outputs(maps, logits=logit(image_probs)), batch, 0)
+    assert store.classes.tolist() == [[1, -1, -1], [4, -1, -1]]  # warm-up: nothing chosen
+    assert (store.heatmaps[:, 1:] == 0).all() and (store.heatmaps[0, 0] == 242).all()  # 0.5*255 + 0.5*0.9*255
+    trainer.current_epoch = 2
+    later = torch.tensor([[0.1, 0.9, 0.8, 0.2, 0.7], [0.6, 0.2, 0.1, 0.3, 0.95]])
+    maps = later[:, :, None, None].expand(2, 5, G, G).clone()
+    store.on_train_batch_end(trainer, FakeModule(), step_outputs(maps, logits=logit(later)), batch, 0)
+    assert store.classes.tolist() == [[1, 2, 4], [4, 0, 3]]  # chosen from the scores after the warm-up
+    assert (store.heatmaps[0, 1] == round(0.5 * 255 * 0.8)).all()
+
+
+def test_initial_classes_in_chunks_equal_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    import splml.methods.scl.store as store_module
+
+    rng = np.random.default_rng(0)
+    annotated = torch.from_numpy(rng.random((50, 7)) < 0.2)
+    store = HeatmapStore(50, 7, topk=3)
+    ids = torch.arange(7)
+    order = torch.argsort(torch.where(annotated, ids, ids + 7), dim=1)[:, :3]
+    expected = torch.where(annotated.gather(1, order), order, torch.full_like(order, -1))
+    monkeypatch.setattr(store_module, "CHUNK_BYTES", 16 * 7 * 4)  # 4 rows per chunk
+    assert torch.equal(store._initial_classes(annotated), expected)
+
+
+@pytest.mark.parametrize("topk", [None, 2])
+def test_streamed_diagnostics_equal_the_means_over_all_entries(monkeypatch: pytest.MonkeyPatch, topk) -> None:
+    import splml.methods.scl.store as store_module
+
+    rng = np.random.default_rng(1)
+    n, num_classes = 9, 4
+    observed = one_hot(list(rng.integers(0, num_classes, n)), num_classes)
+    truth = np.maximum(observed, rng.random((n, num_classes)) < 0.4).astype(np.uint8)
+    trainer = fake_trainer(observed, truth)
+    store = HeatmapStore(n, num_classes, momentum=0.3, grid_size=G, topk=topk, plot_every_n_epochs=0)
+    batch = make_batch(list(range(n)))
+    started(store, trainer, batch)
+    probs = torch.from_numpy(rng.random((n, num_classes, G, G))).float()
+    store.on_train_batch_end(trainer, FakeModule(), step_outputs(probs), batch, 0)
+    monkeypatch.setattr(store_module, "CHUNK_BYTES", 3 * W * W * num_classes)  # 3 samples per chunk
+    module = FakeModule()
+    store.on_train_epoch_end(trainer, module)
+    means = store.class_means()  # the whole N x L table, as before
+    obs, pos = torch.from_numpy(observed) > 0.5, torch.from_numpy(truth) > 0
+    for name, mask in (("annotated", obs), ("unannotated_positive", pos & ~obs), ("negative", ~pos & ~obs)):
+        assert module.logged[f"diag/heatmap_{name}"] == pytest.approx(float(means[mask].double().mean()), abs=1e-6)

@@ -2,6 +2,6 @@
 
 :class:`~splml.data.datamodules.base.SplitDataModule` holds everything the collections share
 (label source, augmentation, ``max_samples``, loader settings, the epoch-seeded sampler);
-``reben``, ``images``, ``image_folders`` and ``spml_files`` build their splits from
+``reben``, ``images``, ``image_folders``, ``spml_files`` and ``imagenet`` build their splits from
 :mod:`splml.data.datasets`.
 """

@@ -2,6 +2,7 @@
 
 ``reben`` (reBEN-format LMDB patches, through :class:`splml.io.reben.reader.ReBENReader`),
 ``images`` (RGB images of any collection), ``image_folders`` (image folders and their label
-table) and ``spml_files`` (the SPML literature's ``.npy`` files). How splits are built and
+table), ``spml_files`` (the SPML literature's ``.npy`` files) and ``imagenet`` (fast JPEG
+decoding, the standard ImageNet crop and evaluation view). How splits are built and
 loaded is :mod:`splml.data.datamodules`' business.
 """

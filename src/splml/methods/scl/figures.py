@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -28,7 +29,7 @@ def plot_heatmaps(
     sample_indices: list[int] | Tensor,
     class_names: list[str],
     out_path: str | Path,
-    targets: Tensor,
+    targets: Tensor | np.ndarray,
     observed: Tensor | None = None,
 ) -> Path:
     """PNG with, per sample, its annotated class, one unannotated true class and one negative.
@@ -46,17 +47,17 @@ def plot_heatmaps(
     obs = store.observed if observed is None else torch.as_tensor(observed) > 0.5
     if obs is None:
         raise ValueError("pass observed: the store has not read the training annotations")
-    truth = torch.as_tensor(targets) > 0.5
     indices = [int(i) for i in torch.as_tensor(sample_indices).reshape(-1).tolist()]
     means = store.class_means(torch.tensor(indices, dtype=torch.long))
     fig = Figure(figsize=(9, 3 * max(1, len(indices))))
     FigureCanvasAgg(fig)
     axes = fig.subplots(max(1, len(indices)), 3, squeeze=False)
     for row, n in enumerate(indices):
+        truth = torch.as_tensor(np.asarray(targets[n])) > 0.5  # one row: targets may be N x L at ImageNet scale
         groups = (
             ("annotated", obs[n]),
-            ("unannotated true", truth[n] & ~obs[n]),
-            ("negative", ~truth[n] & ~obs[n]),
+            ("unannotated true", truth & ~obs[n]),
+            ("negative", ~truth & ~obs[n]),
         )
         for col, (label, mask) in enumerate(groups):
             ax = axes[row][col]

@@ -56,13 +56,16 @@ class SpatialConsistencyLoss(SPMLLoss):
         memmap_dir: str | None = None,
         plot_every_n_epochs: int = 1,
         plot_num_samples: int = 4,
+        topk_from_epoch: int = 0,
     ) -> None:
         """The options configure the heatmap store only; they live here so that the method's memory
-        is declared next to its formula (momentum of the EMA, top-k classes per image, on-disk store).
+        is declared next to its formula (momentum of the EMA, top-k classes per image and the epoch
+        from which they are chosen, on-disk store).
         """
         super().__init__()
         self.heatmap_momentum = float(heatmap_momentum)
         self.topk = topk
+        self.topk_from_epoch = int(topk_from_epoch)
         self.memmap_dir = memmap_dir
         self.plot_every_n_epochs = int(plot_every_n_epochs)
         self.plot_num_samples = int(plot_num_samples)
@@ -75,6 +78,7 @@ class SpatialConsistencyLoss(SPMLLoss):
                 num_classes,
                 momentum=self.heatmap_momentum,
                 topk=self.topk,
+                topk_from_epoch=self.topk_from_epoch,
                 memmap_dir=self.memmap_dir,
                 plot_every_n_epochs=self.plot_every_n_epochs,
                 plot_num_samples=self.plot_num_samples,

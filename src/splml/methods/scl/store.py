@@ -11,9 +11,11 @@ Storage (uint8, 0..255 encodes 0..1), initialised 255 at the annotated class, 0 
 
 * full: N x L x W x W bytes (about 8 GB for COCO at 448 px);
 * ``topk=k``: N x k x W x W maps plus N x k class ids (int64), i.e. N * k * (W^2 + 8) bytes. The
-  tracked classes of a sample are fixed at its first update: the annotated class(es), then the
-  highest-scoring other classes of that forward. Untracked classes have an all-zero target,
-  which is what the full store would hold for a class the model never fires on;
+  tracked classes of a sample are its annotated class(es), then the highest-scoring other classes
+  of its first forward in or after epoch ``topk_from_epoch`` (the paper, at ImageNet scale: the 10
+  top-scoring classes after the warm-up; the configs set it to the end of the linear probe). Until
+  then only the annotated maps are updated. Untracked classes have an all-zero target, which is
+  what the full store would hold for a class the model never fires on;
 * ``memmap_dir``: the maps live in a memory-mapped file (:mod:`splml.methods.scl.storage`), read
   and written by row index only, so the store may exceed RAM; checkpoints then hold a reference
   to a checksummed snapshot file, not the array.
@@ -27,11 +29,13 @@ heatmaps exactly once per epoch (``coverage``).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -64,6 +68,7 @@ class HeatmapStore(StoreCallback):
         log_diagnostics: bool = True,
         plot_every_n_epochs: int = 1,
         plot_num_samples: int = 4,
+        topk_from_epoch: int = 0,
     ) -> None:
         super().__init__(num_samples, num_classes)
         self.plot_every_n_epochs = int(plot_every_n_epochs)
@@ -78,6 +83,7 @@ class HeatmapStore(StoreCallback):
         self.grid_size_arg = grid_size
         self.image_size_arg = image_size
         self.topk = topk
+        self.topk_from_epoch = int(topk_from_epoch)
         self.memmap_dir = None if memmap_dir is None else Path(memmap_dir).expanduser().resolve()
         self.log_diagnostics = log_diagnostics
         #: The disk-backed maps (memmap mode only).
@@ -142,8 +148,8 @@ class HeatmapStore(StoreCallback):
     def merged_with(self, other: StoreCallback) -> HeatmapStore:
         """Two loss parts asking for the heatmap store share one, if they agree on its settings."""
         assert isinstance(other, HeatmapStore)
-        mine = (self.topk, self.memmap_dir, self.grid_size_arg, self.image_size_arg)
-        theirs = (other.topk, other.memmap_dir, other.grid_size_arg, other.image_size_arg)
+        mine = (self.topk, self.topk_from_epoch, self.memmap_dir, self.grid_size_arg, self.image_size_arg)
+        theirs = (other.topk, other.topk_from_epoch, other.memmap_dir, other.grid_size_arg, other.image_size_arg)
         if not math.isclose(self.momentum, other.momentum) or mine != theirs:
             raise ValueError("two parts of the loss ask for heatmap stores with different settings")
         return self
@@ -158,8 +164,15 @@ class HeatmapStore(StoreCallback):
         """Top-k slots before any update: annotated classes (ascending), then -1 (not chosen)."""
         k = int(self.topk or 0)
         ids = torch.arange(self.num_classes)
-        order = torch.argsort(torch.where(annotated, ids, ids + self.num_classes), dim=1)[:, :k]
-        return torch.where(annotated.gather(1, order), order, torch.full_like(order, -1))
+        out = torch.full((annotated.shape[0], k), -1, dtype=torch.long)
+        # In chunks of rows: the int64 keys of all N x L entries at once would be 8 bytes per entry
+        # (10 GB for ImageNet). Keys are distinct, so the k smallest come out in a unique order.
+        step = max(1, CHUNK_BYTES // (16 * self.num_classes))
+        for start in range(0, annotated.shape[0], step):
+            chunk = annotated[start : start + step]
+            order = torch.topk(torch.where(chunk, ids, ids + self.num_classes), k, dim=1, largest=False).indices
+            out[start : start + step] = torch.where(chunk.gather(1, order), order, torch.full_like(order, -1))
+        return out
 
     def _create(self, grid_size: int, image_hw: tuple[int, int]) -> None:
         """Allocate the store and write 255 at the annotated entries (only those are touched)."""
@@ -294,7 +307,7 @@ class HeatmapStore(StoreCallback):
         model_out = outputs["outputs"]
         if "maps" not in model_out:
             raise RuntimeError("the heatmap store (SCL) needs outputs['maps']: use a model with the spatial head")
-        maps = model_out["maps"].float().sigmoid()
+        maps = model_out["maps"].float()  # logits; the sigmoid is applied to the maps that are kept
         if maps.shape[-1] != self.meta["grid_size"] or maps.shape[-2] != self.meta["grid_size"]:
             raise ValueError(
                 f"score maps are {tuple(maps.shape[-2:])} but the heatmap store was built for "
@@ -306,16 +319,20 @@ class HeatmapStore(StoreCallback):
         old = store[idx].to(device)
         classes = self.classes
         if classes is None:
-            values, visible = backward_warp(maps, boxes, hflip, vflip, int(self.meta["width"]))
+            values, visible = backward_warp(maps.sigmoid(), boxes, hflip, vflip, int(self.meta["width"]))
             rows = ema_update(old, values, visible, self.momentum)
             self.apply_rows(*self.gather_updates(batch, rows))
         else:
             logits = model_out.get("logits")
-            probs = logits.float().sigmoid() if logits is not None else maps.mean(dim=(-2, -1))
-            chosen = self._choose_classes(classes[idx].to(device), probs)
-            tracked = maps.gather(1, chosen[:, :, None, None].expand(-1, -1, *maps.shape[-2:]))
+            probs = logits.float().sigmoid() if logits is not None else maps.sigmoid().mean(dim=(-2, -1))
+            chosen = classes[idx].to(device)
+            if int(getattr(trainer, "current_epoch", 0)) >= self.topk_from_epoch:
+                chosen = self._choose_classes(chosen, probs)
+            slots = chosen.clamp_min(0)[:, :, None, None]
+            tracked = maps.gather(1, slots.expand(-1, -1, *maps.shape[-2:])).sigmoid()  # k of the L maps
             values, visible = backward_warp(tracked, boxes, hflip, vflip, int(self.meta["width"]))
-            rows = ema_update(old, values, visible, self.momentum)
+            # Slots not chosen yet (before topk_from_epoch) keep their zeros.
+            rows = ema_update(old, values, visible & (chosen >= 0)[:, :, None, None], self.momentum)
             self.apply_rows(*self.gather_updates(batch, rows, chosen))
         self._global_step = int(getattr(trainer, "global_step", self._global_step))
 
@@ -360,27 +377,62 @@ class HeatmapStore(StoreCallback):
             return
         if self._observed is None:
             self._observed = self.train_observed(trainer) > 0.5
-        means = self.class_means()
-        annotated = self._observed
-        values = {"diag/heatmap_annotated": means[annotated]}
-        truth = self.train_targets(trainer)
-        if truth is not None:
-            truth = truth > 0.5
-            values["diag/heatmap_unannotated_positive"] = means[truth & ~annotated]
-            values["diag/heatmap_negative"] = means[~truth & ~annotated]
-        for name, selected in values.items():
-            if selected.numel():
-                pl_module.log(name, float(selected.mean()), sync_dist=False)
+        truth = self._train_target_array(trainer)
+        for name, value in self.diagnostic_means(truth).items():
+            if math.isfinite(value):
+                pl_module.log(name, value, sync_dist=False)
         if truth is not None and self._should_plot(trainer):
             self._plot_epoch(trainer, truth)
+
+    @staticmethod
+    def _train_target_array(trainer: L.Trainer) -> np.ndarray | None:
+        """The training split's full labels as the dataset holds them (no N x L copy), or None."""
+        train = (getattr(getattr(trainer, "datamodule", None), "datasets", None) or {}).get("train")
+        return None if getattr(train, "targets", None) is None else np.asarray(train.targets)
+
+    def diagnostic_means(self, truth: np.ndarray | Tensor | None) -> dict[str, float]:
+        """Mean stored heatmap value (in [0, 1]) of the annotated, unannotated-positive and negative entries.
+
+        Streamed over the samples in chunks of about ``CHUNK_BYTES``: bounded memory at any N (ImageNet,
+        COCO); untracked classes of the top-k store count as 0. ``truth``: N x L full labels, or None.
+        """
+        store, annotated = self.heatmaps, self._observed
+        assert store is not None and annotated is not None
+        groups = ("annotated", "unannotated_positive", "negative") if truth is not None else ("annotated",)
+        sums, counts = dict.fromkeys(groups, 0.0), dict.fromkeys(groups, 0)
+        # Per sample: its maps (uint8, summed as integers) and a few N' x L bool masks.
+        step = max(1, CHUNK_BYTES // (store[0].numel() + 4 * self.num_classes))
+        scale = 255.0 * store.shape[-1] * store.shape[-2]
+        # Read-ahead for this whole-store pass (rows are read at random otherwise: storage.MemmapFile.sequential).
+        with self.memmap.sequential() if self.memmap is not None else contextlib.nullcontext():
+            for start in range(0, self.num_samples, step):
+                rows = slice(start, min(start + step, self.num_samples))
+                chunk = store[rows]
+                means = chunk.reshape(*chunk.shape[:2], -1).sum(-1, dtype=torch.int32).double() / scale
+                obs = annotated[rows]
+                pos = torch.as_tensor(np.asarray(truth[rows])) > 0.5 if truth is not None else torch.zeros_like(obs)
+                # The group of each stored slot; untracked entries add 0 to the sums and 1 to the counts.
+                ids = self.classes[rows] if self.classes is not None else torch.arange(self.num_classes).expand_as(obs)
+                slot_valid, slot = ids >= 0, ids.clamp_min(0)
+                slot_obs, slot_pos = obs.gather(1, slot) & slot_valid, pos.gather(1, slot) & slot_valid
+                n_obs, n_pos = torch.count_nonzero(obs), torch.count_nonzero(pos)  # far faster than bool sums
+                entries = {"annotated": n_obs, "unannotated_positive": n_pos - torch.count_nonzero(pos & obs),
+                           "negative": obs.numel() - torch.count_nonzero(pos | obs)}  # fmt: skip
+                slots = {"annotated": slot_obs, "unannotated_positive": slot_pos & ~slot_obs,
+                         "negative": slot_valid & ~slot_pos & ~slot_obs}  # fmt: skip
+                for group in groups:
+                    sums[group] += float(means[slots[group]].sum())
+                    counts[group] += int(entries[group])
+        return {f"diag/heatmap_{g}": sums[g] / counts[g] if counts[g] else float("nan") for g in groups}
 
     def _should_plot(self, trainer: L.Trainer) -> bool:
         every = self.plot_every_n_epochs
         return every > 0 and getattr(trainer, "is_global_zero", True) and (trainer.current_epoch + 1) % every == 0
 
-    def _plot_epoch(self, trainer: L.Trainer, truth: Tensor) -> Path | None:
+    def _plot_epoch(self, trainer: L.Trainer, truth: np.ndarray | Tensor) -> Path | None:
         """Heatmaps of a few fixed images (ones with several true labels) as PNG and in the loggers."""
-        candidates = torch.nonzero(truth.sum(1) >= 2).flatten()[: self.plot_num_samples].tolist()
+        labels_per_sample = np.asarray(truth).sum(1)  # 0/1 labels: one N-vector, no N x L copy
+        candidates = np.flatnonzero(labels_per_sample >= 2)[: self.plot_num_samples].tolist()
         if not candidates:
             return None
         datasets = getattr(getattr(trainer, "datamodule", None), "datasets", {}) or {}
