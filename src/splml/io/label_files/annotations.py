@@ -33,6 +33,7 @@ import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Final, Self
@@ -67,6 +68,11 @@ DECISION_KINDS: Final[frozenset[str]] = frozenset({RowKind.ANSWER, RowKind.CHANG
 CLASS_KINDS: Final[frozenset[str]] = frozenset({RowKind.ANSWER, RowKind.CHANGE})
 #: Rows about the file rather than an image (their image_id and class_name are empty).
 META_KINDS: Final[frozenset[str]] = frozenset({RowKind.SHARD, RowKind.MERGED})
+
+
+def utc_timestamp() -> str:
+    """The ``timestamp`` column: UTC, to the second."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class LabelFileError(ValueError):
@@ -277,7 +283,9 @@ def read_annotations(
                 "other dataset options?)"
             )
         if class_name is None and (given or columns is None):
-            choices = "a class name" if class_names is None else f"a class name nor an index in 0..{len(class_names) - 1}"
+            choices = (
+                "a class name" if class_names is None else f"a class name nor an index in 0..{len(class_names) - 1}"
+            )
             raise LabelFileError(f"{where}, column {class_column}: class {given!r} is neither {choices}")
         if columns is None:
             if image_id in seen:
@@ -325,7 +333,7 @@ def _width_error(where: str, columns: tuple[str, ...] | None, row: list[str], te
     width = len(columns) if columns is not None else 2
     layout = ",".join(columns) if columns is not None else "id, class"
     if columns is not None and len(row) < width:
-        detail = f": column(s) {', '.join(columns[len(row):])} missing"
+        detail = f": column(s) {', '.join(columns[len(row) :])} missing"
     elif columns is not None:
         detail = f": {len(row) - width} field(s) after column {columns[-1]}"
     else:
