@@ -127,7 +127,7 @@ def test_a_changed_answer_is_a_change_row_and_the_last_row_wins(tmp_path):
         assert page.answer("img1", "dog")[1]["current"]["id"] == "img2"  # the same class again: nothing written
         assert out.read_bytes() == before
         page.back("img2")
-        status, state = page.answer("img1", "cow")
+        _status, state = page.answer("img1", "cow")
         assert state["current"]["id"] == "img2"
         counts = {h["name"]: h["count"] for h in state["histogram"]}
         assert counts["cow"] == 1 and counts["dog"] == 0 and state["labelled"] == 2
@@ -458,7 +458,7 @@ def test_page_images_and_maps_are_served(tmp_path, reben_items):
                 drawn.add(png)
         assert len(drawn) == 12, "every composite and stretch draws another picture"
         for query in ("composite=ndvi", "stretch=90-10", "stretch=abc", "stretch=1-2-3", "stretch=nan-5"):
-            status, body = page.get(f"/image/0.png?{query}")
+            status, _body = page.get(f"/image/0.png?{query}")
             assert status == 400, query
         legend = state["current"]["map_legend"]
         assert legend and all(re.fullmatch(r"#[0-9a-f]{6}", e["colour"]) for e in legend)

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from splml.annotate.items import AnnotationItems, items_from_datamodule
 from splml.annotate.server import AnnotationServer, is_loopback
 from splml.annotate.session import AnnotationSession
-from splml.annotate.shards import shard_info
+from splml.annotate.shards import check_shard_file, shard_info
 from splml.builders import config_dir, register_resolvers
 from splml.data.labels import FullLabels
 from splml.io.label_files import AnnotationFileBusy, AnnotationLog, LabelFileError, ShardInfo
@@ -93,6 +93,7 @@ def open_server(cfg: DictConfig, overrides: Sequence[str] = ()) -> AnnotationSer
     if cfg.shard:
         shard, positions = shard_info(items.ids, items.class_names, cfg.shard, cfg.overlap, cfg.shard_seed)
         items = items.subset(positions, f"{items.description}, shard {shard.label} ({shard.images} images)")
+    check_shard_file(out, shard)
     annotations = AnnotationLog(out, items.ids, items.class_names)
     try:
         if annotations.repaired:

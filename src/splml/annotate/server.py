@@ -217,6 +217,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: AnnotationServer
     server_version = "splml-annotate"
     sys_version = ""
+    default_request_version = "HTTP/1.0"  # errors about an unreadable request line still get a status line
 
     def setup(self) -> None:
         self.timeout = self.server.request_timeout  # read by StreamRequestHandler.setup: a socket timeout
@@ -239,6 +240,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
         self._responded = True
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The library's own refusals (bad request line, oversized headers, unknown method) as JSON too."""
+        self.close_connection = True
+        self._error(code, message or self.responses.get(code, ("error",))[0])
 
     def _json(self, status: int, payload: dict[str, Any]) -> None:
         self._send(status, json.dumps(payload).encode("utf-8"), "application/json")

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from splml.annotate.items import UNLABELLED_COLOUR, AnnotationItems
+from splml.annotate.shards import shard_mismatch
 from splml.annotate.states import ImageStates
 from splml.io.errors import DataFormatError
 from splml.io.label_files import (
@@ -156,12 +157,7 @@ class AnnotationSession:
         if recorded:
             found = ShardInfo.parse(recorded[0].note, f"{self.log.path}: ")
             if found != self.shard:
-                wanted = "no shard" if self.shard is None else f"shard {self.shard.note()}"
-                raise LabelFileError(
-                    f"{self.log.path} was made for shard {found.note()}, not for {wanted}: start the annotation "
-                    "with the shard options of the file (shard, overlap, shard_seed and the same dataset options) or "
-                    "give out= another file"
-                )
+                raise shard_mismatch(self.log.path, found, self.shard)
         elif self.shard is not None:
             if any(row.kind in DECISION_KINDS for row in self.log.answers):
                 raise LabelFileError(f"{self.log.path} has answers made without a shard; give out= a new file")

@@ -14,8 +14,9 @@ import hashlib
 import math
 import re
 from collections.abc import Sequence
+from pathlib import Path
 
-from splml.io.label_files import ShardInfo, dataset_fingerprint
+from splml.io.label_files import LabelFileError, ShardInfo, dataset_fingerprint, read_annotation_file
 
 _SHARD = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")
 
@@ -54,3 +55,26 @@ def shard_info(
     info = ShardInfo(index, count, float(overlap), int(seed), len(positions), len(ids),
                      dataset_fingerprint(ids, class_names))  # fmt: skip
     return info, positions
+
+
+def shard_mismatch(path: str | Path, found: ShardInfo, wanted: ShardInfo | None) -> LabelFileError:
+    """The error for an annotation file made for another shard than the one asked for."""
+    asked = "no shard" if wanted is None else f"shard {wanted.note()}"
+    return LabelFileError(
+        f"{path} was made for shard {found.note()}, not for {asked}: start the annotation with the shard options "
+        "of the file (shard, overlap, shard_seed and the same dataset options) or give out= another file"
+    )
+
+
+def check_shard_file(path: str | Path, wanted: ShardInfo | None) -> None:
+    """Refuse an existing file made for another shard, before its rows are checked against this shard's images
+    (which would only say that its images are not this shard's)."""
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    try:
+        found = read_annotation_file(path, ids=None, class_names=None).shard
+    except LabelFileError:
+        return  # the writer opening it reports what is wrong with it
+    if found is not None and found != wanted:
+        raise shard_mismatch(path, found, wanted)

@@ -158,7 +158,7 @@ def test_the_writer_refuses_rows_that_break_the_format(tmp_path):
 
 def test_labels_manual_reports_each_kind_of_image_without_a_class(tmp_path, caplog):
     path = tmp_path / "log.csv"
-    path.write_text(HEADER + "img0,,a,t,1,none,\nimg1,,a,t,1,flag,\"clouds, half the patch\"\n")
+    path.write_text(HEADER + 'img0,,a,t,1,none,\nimg1,,a,t,1,flag,"clouds, half the patch"\n')
     with pytest.raises(ValueError) as error:
         _manual(path)
     text = str(error.value)
