@@ -37,11 +37,9 @@ def _annotate(path):
     ("rows", "message"),
     [
         ("zebra7,cat,a,t,1,answer,\n", "line 2, column image_id: image id 'zebra7' is not in the training split"),
-        ("img0,unicorn,a,t,1,answer,\n", "line 2, column class_name: class 'unicorn' is neither a class name nor an "
-                                         "index in 0..2"),
+        ("img0,unicorn,a,t,1,answer,\n", "column class_name: class 'unicorn' is neither a class name nor an index in 0..2"),
         ("img0,7,a,t,1,answer,\n", "line 2, column class_name: class '7' is neither"),
-        ("img0,cat,a,t\nimg1,dog,a,t,1,answer,\n", r"line 2: expected 7 fields \(image_id,class_name.*column\(s\) "
-                                                  "seconds, kind, note missing"),
+        ("img0,cat,a,t\nimg1,dog,a,t,1,answer,\n", r"line 2: expected 7 fields .*column\(s\) seconds, kind, note missing"),
         ("img0,cat,a,t,soon,answer,\n", "line 2, column seconds: seconds 'soon' is not a number"),
         ("img0,cat,a,t,1,maybe,\n", "line 2, column kind: kind 'maybe' is not one of answer, change"),
         ("img0,cat,a,t,1,skip,\n", "line 2, column class_name: a 'skip' row has no class, got 'cat'"),
