@@ -452,15 +452,19 @@ function renderHistory() {
     const button = document.createElement("button");
     button.type = "button";
     button.className = "history-entry";
-    button.title = `Show ${entry.id} again`;
     const thumb = document.createElement("img");
     thumb.src = entry.thumb;
     thumb.alt = "";
     thumb.addEventListener("error", () => thumb.classList.add("broken"));
-    const text = document.createElement("span");
-    const what = entry.status === "labelled" ? entry.class : entry.status === "none" ? "none of these" : entry.status;
-    text.append(document.createTextNode(entry.id), document.createElement("br"), document.createTextNode(what));
-    button.append(thumb, text);
+    const what = document.createElement("span");
+    what.className = "history-class";
+    what.textContent =
+      entry.status === "labelled" ? entry.class : entry.status === "none" ? "none of these" : entry.status;
+    const name = document.createElement("span");
+    name.className = "history-id";
+    name.textContent = entry.id; // cut from the left: the end of an id tells images apart
+    button.title = `${entry.id}: ${what.textContent}${entry.note ? ` (${entry.note})` : ""}`;
+    button.append(thumb, what, name);
     button.addEventListener("click", (event) => {
       if (event.detail > 1) return;
       goTo(entry.id);
