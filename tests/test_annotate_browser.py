@@ -64,7 +64,6 @@ def test_annotating_by_keyboard_and_by_click_writes_the_file(browser, reben_item
     with serving(reben_items, out, annotator="e2e", min_view_ms=60) as api:
         errors = []
         tab = _open(browser, api.port, errors)
-        image_id = tab.locator("#image-id")
         candidates = tab.locator("button.candidate")
 
         def batches() -> list[list[str]]:

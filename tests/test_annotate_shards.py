@@ -212,3 +212,32 @@ def test_undone_rows_of_a_shard_are_merged_as_their_state(tmp_path):
     report = merge_files([tmp_path / "all.csv"])
     assert [(r.image_id, r.class_name, r.kind) for r in report.rows] == [(first, "dog", "answer")]
     assert Answer  # the row type the merge writes
+
+
+def test_the_command_line_serves_a_shard_and_refuses_its_file_for_another(tmp_path, tiny_reben):
+    from hydra import compose, initialize_config_dir
+
+    from splml.annotate.__main__ import open_server
+    from splml.builders import config_dir
+
+    out = tmp_path / "ben_1.csv"
+
+    def config(shard):
+        overrides = ["dataset=ben", f"dataset.root={tiny_reben}", f"out={out}", "port=0", f"shard={shard}"]
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            return compose("annotate", overrides=overrides), overrides
+
+    cfg, overrides = config("1/2")
+    server = open_server(cfg, overrides)
+    try:
+        session = server.session
+        assert session.shard.label == "1/2" and len(session.items) == session.shard.images == 27  # 5 shared + 22 of 43
+        assert session.next_steps[0].startswith(f"python -m splml.annotate.merge {out} <the other 1 shard file(s)>")
+        assert f"dataset.root={tiny_reben}" in session.next_steps[1]
+        state = session.state()
+        assert state["shard"] == "1/2" and state["total"] == 27
+    finally:
+        server.server_close()
+        server.session.log.close()
+    with pytest.raises(LabelFileError, match="was made for shard shard=1/2"):
+        open_server(*config("2/2"))

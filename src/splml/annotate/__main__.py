@@ -122,11 +122,18 @@ def open_server(cfg: DictConfig, overrides: Sequence[str] = ()) -> AnnotationSer
         annotations.close()
         raise
     if not is_loopback(cfg.host):
-        log.warning(
-            "serving on %s: anyone who can reach this machine on port %d and has the address with its token can "
-            "see the images and write answers; the token travels unencrypted (plain HTTP), so use a trusted network",
-            cfg.host, server.port,
-        )  # fmt: skip
+        if server.token is None:
+            log.warning(
+                "serving on %s without an access token (token=null): anyone who can reach this machine on port %d "
+                "can see the images and write answers",
+                cfg.host, server.port,
+            )  # fmt: skip
+        else:
+            log.warning(
+                "serving on %s: whoever has the address with its token can see the images and write answers; the "
+                "token travels unencrypted (plain HTTP), so use a trusted network",
+                cfg.host,
+            )  # fmt: skip
     return server
 
 
