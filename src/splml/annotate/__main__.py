@@ -111,7 +111,7 @@ def open_server(cfg: DictConfig, overrides: Sequence[str] = ()) -> AnnotationSer
         )  # fmt: skip
         try:
             server = AnnotationServer(
-                session, cfg.host, cfg.port, cfg.display_size, token=cfg.token,
+                session, cfg.host, cfg.port, cfg.display_size, token=None if cfg.token is None else str(cfg.token),
                 request_timeout=cfg.request_timeout, max_connections=cfg.max_connections,
             )  # fmt: skip
         except OSError as exc:

@@ -50,7 +50,8 @@ class ImageStates:
         old = stack[-1] if stack else None
         if row.kind == RowKind.UNDO:
             stack.pop()
-            last = len(self.order) - 1 - self.order[::-1].index(row.image_id)
+            # The undone decision is the image's newest in the order, almost always at its very end.
+            last = next(k for k in range(len(self.order) - 1, -1, -1) if self.order[k] == row.image_id)
             del self.order[last]
         else:
             stack.append(row)

@@ -10,7 +10,8 @@ answer is a new row.
 
 One exception, made safely: a file of the earlier five-column layout (no ``kind``, ``note``) is
 given the two columns when it is opened, so that the new row types can be appended. The new
-file (the same rows, each with its inferred kind and an empty note) is written beside it,
+file (the same rows as the reader read them, each with its inferred kind and an empty note) is
+written beside it,
 ``fsync``-ed and renamed over it in one step, so a crash leaves either the old file or the new
 one, never a mixture.
 
@@ -116,7 +117,9 @@ class AnnotationLog:
         body = csv_line(ANNOTATION_COLUMNS) + b"".join(csv_line(row.as_row()) for row in self.answers)
         fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            os.write(fd, body)
+            view = memoryview(body)
+            while view:
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
         finally:
             os.close(fd)
