@@ -223,7 +223,8 @@ def test_a_display_takes_one_answer_only(tmp_path):
         status, reply = page.post("/api/answer", body)  # the same request again: a held key, a double click
         assert status == 409 and "nothing was saved" in reply["error"]
         assert reply["state"]["current"]["id"] == "img0"
-        assert page.post("/api/answer", {**body, "display": None})[0] == 400
+        for bad in (None, 7, "é" * 3, "x" * 100):
+            assert page.post("/api/answer", {**body, "display": bad})[0] == 400, bad
     assert [r[:2] for r in rows(out)[1:]] == [["img0", "cat"]]
 
 

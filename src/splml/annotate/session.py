@@ -216,8 +216,8 @@ class AnnotationSession:
         """Refuse a request that is not for the display the pages are showing now."""
         if not (image_id is None or isinstance(image_id, str)):
             raise BadRequest(f"id must be an image id (a string), got {image_id!r}")
-        if not isinstance(display, str):
-            raise BadRequest(f"display must be the display token sent with the image, got {display!r}")
+        if not isinstance(display, str) or not display.isascii() or len(display) > 64:
+            raise BadRequest(f"display must be the display token sent with the image, got {display!r:.80}")
         if self.cursor is None and not finished_ok:
             raise Conflict("every image has a state already: there is no current image to answer")
         current = None if self.cursor is None else self.items.ids[self.cursor]

@@ -84,6 +84,14 @@ def test_a_spreadsheets_semicolons_crlf_and_decimal_commas_are_read(tmp_path, de
     assert _manual(pairs).argmax(1).tolist() == [1, 2, 0]
 
 
+def test_a_file_in_another_encoding_is_named_with_its_line(tmp_path):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes((HEADER + "img0,cat,a,t,1,answer,\nimg1,dog,Jos\xe9,t,1,answer,\n").encode("latin-1"))
+    for read in (_manual, _annotate):
+        with pytest.raises(LabelFileError, match=r"latin1.csv, line 3, character 13: not UTF-8 text.*CSV UTF-8"):
+            read(path)
+
+
 def test_class_indices_and_names_are_read_alike_by_both(tmp_path):
     path = tmp_path / "indices.csv"
     path.write_text(HEADER + "img0,2,a,t,1,answer,\nimg1,dog,a,t,1,answer,\nimg2,0,a,t,1,answer,\n")

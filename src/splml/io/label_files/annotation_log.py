@@ -39,6 +39,7 @@ from splml.io.label_files.annotations import (
     Answer,
     LabelFileError,
     csv_line,
+    decode_utf8,
     header_columns,
     read_annotations,
     replay,
@@ -98,10 +99,7 @@ class AnnotationLog:
 
     def _read(self, data: bytes, keep: int) -> tuple[tuple[str, ...] | None, list[Answer]]:
         """The header and rows of the whole lines ``data[:keep]``, once their header proved the file ours."""
-        try:
-            text = data[:keep].decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise LabelFileError(f"{self.path}: not UTF-8 text ({exc})") from exc
+        text = decode_utf8(data[:keep], self.path)
         columns = header_columns(text)
         if text and columns not in (ANNOTATION_COLUMNS, LEGACY_COLUMNS):
             first = next(csv.reader(io.StringIO(text.removeprefix(BOM), newline="")), [])

@@ -322,11 +322,19 @@ def read_annotation_file(
 ) -> Annotations:
     """:func:`read_annotations` of the file ``path`` (UTF-8, a byte-order mark is ignored)."""
     path = Path(path)
+    return read_annotations(decode_utf8(path.read_bytes(), path), path, ids=ids, class_names=class_names)
+
+
+def decode_utf8(data: bytes, path: str | Path) -> str:
+    """The text of a label file; a byte that is not UTF-8 is an error naming its line and column."""
     try:
-        text = path.read_bytes().decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise LabelFileError(f"{path}: not UTF-8 text ({exc}); save it as CSV UTF-8") from exc
-    return read_annotations(text, path, ids=ids, class_names=class_names)
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise LabelFileError(
+            f"{path}, line {line}, character {column}: not UTF-8 text ({exc.reason}); save the file as CSV UTF-8"
+        ) from exc
 
 
 def _width_error(where: str, columns: tuple[str, ...] | None, row: list[str], text: str, line: int) -> str:
