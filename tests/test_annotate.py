@@ -563,9 +563,10 @@ def test_command_line_serves_refuses_a_second_server_and_survives_a_kill(tmp_pat
                 break
         port = int(match.group(1))
         assert "48 images" in "".join(lines)
+        printed = "".join(lines)
         assert f"python -m splml.train dataset=ben dataset.root={tiny_reben} labels=manual labels.file={out}" in (
-            "".join(lines)
-        )
+            printed
+        ), printed
         page = Page(port)
         state = page.state()
         assert page.answer(state["current"]["id"], state["current"]["batches"][0][0])[0] == 200
