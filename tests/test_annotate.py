@@ -632,6 +632,37 @@ def test_aid_annotation_covers_the_official_training_set_that_labels_manual_read
         assert [dm.class_names[c] for c in np.flatnonzero(observed)] == [chosen[sid]]
 
 
+def test_a_corrupt_image_file_and_a_link_to_one_are_named_and_take_only_skip_or_flag(tmp_path):
+    from splml.annotate.__main__ import build_items
+
+    from .image_support import write_aid_tree
+
+    root = tmp_path / "aid"
+    write_aid_tree(root, n_train=6, n_test=2)
+    corrupt = root / "images_tr" / "Airport" / "airport_1.jpg"
+    corrupt.write_bytes(b"not an image")  # a download cut short
+    link = root / "images_tr" / "Airport" / "airport_4.jpg"
+    link.unlink()
+    link.symlink_to(corrupt)
+    out = tmp_path / "aid_manual.csv"
+    items = build_items(_compose_annotate("dataset=aid", f"dataset.root={root}", f"out={out}"))
+    assert items.ids[:2] == ("airport_1", "airport_4")
+    with serving(items, out) as page:
+        for i, path in enumerate((corrupt, link)):
+            status, body = page.get(f"/image/{i}.png")
+            assert status == 500
+            assert json.loads(body)["error"].startswith(f"{items.ids[i]} cannot be shown: {path}: cannot decode")
+        for refused in (page.answer("airport_1", "airplane"), page.none("airport_1")):
+            assert refused[0] == 409 and f"{corrupt}: cannot decode" in refused[1]["error"]
+        assert page.flag("airport_1", "not an image")[0] == 200
+        status, body = page.answer("airport_4", "airplane")  # refused before the page asked for the image
+        assert status == 409 and "airport_4 cannot be shown" in body["error"]
+        assert page.skip("airport_4")[0] == 200
+        assert page.answer("beach_2", "sand")[0] == 200
+    assert [r[:2] + r[5:6] for r in rows(out)[1:]] == [["airport_1", "", "flag"], ["airport_4", "", "skip"],
+                                                       ["beach_2", "sand", "answer"]]  # fmt: skip
+
+
 def test_a_training_run_reads_the_annotation_file(tmp_path):
     from splml.annotate.__main__ import build_items
     from splml.builders import build_datamodule
