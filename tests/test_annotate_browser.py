@@ -318,3 +318,43 @@ def test_the_page_says_when_every_image_is_done(browser, tmp_path):
         tab.keyboard.press("b")  # back from the finished screen to the newest answer
         expect(tab.locator("#image-id")).to_have_text("img1")
         assert Page(api.port).state()["current"]["id"] == "img1"
+
+
+def test_none_of_these_go_to_and_review_from_the_page(browser, tmp_path):
+    from playwright.sync_api import expect
+
+    out = tmp_path / "a.csv"
+    with serving(fake_items(4), out, min_view_ms=60) as api:
+        errors = []
+        tab = _open(browser, api.port, errors)
+        _ready(tab, "img0")
+        tab.keyboard.press("x")  # not before every batch has been seen
+        tab.wait_for_timeout(200)
+        assert api.state()["current"]["id"] == "img0"
+        tab.keyboard.press("n")
+        expect(tab.locator("#none")).to_be_visible()
+        tab.keyboard.press("x")
+        _ready(tab, "img1")
+        chosen = api.state()["current"]["batches"][0][0]
+        tab.keyboard.press("1")
+        _ready(tab, "img2")
+        # Go to by position: G focuses the field, Enter goes.
+        tab.keyboard.press("g")
+        expect(tab.locator("#goto-target")).to_be_focused()
+        tab.keyboard.type("#1")
+        tab.keyboard.press("Enter")
+        _ready(tab, "img0")
+        expect(tab.locator("#status")).to_have_text("none of these")
+        # Go to by id, then review the answers of one class.
+        tab.locator("#goto-target").fill("img3")
+        tab.locator("#goto-target").press("Enter")
+        _ready(tab, "img3")
+        tab.select_option("#review", chosen)
+        _ready(tab, "img1")
+        expect(tab.locator("#trail-text")).to_contain_text(f"Reviewing the answers “{chosen}” (1 / 1)")
+        expect(tab.locator("#status")).to_have_text(f"answered: {chosen}")
+        tab.keyboard.press("Escape")
+        _ready(tab, "img2")
+        expect(tab.locator("#trail")).to_be_hidden()
+        assert not errors, errors
+    assert [r[:2] + r[5:6] for r in rows(out)[1:]] == [["img0", "", "none"], ["img1", chosen, "answer"]]
