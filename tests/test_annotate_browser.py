@@ -358,3 +358,24 @@ def test_none_of_these_go_to_and_review_from_the_page(browser, tmp_path):
         expect(tab.locator("#trail")).to_be_hidden()
         assert not errors, errors
     assert [r[:2] + r[5:6] for r in rows(out)[1:]] == [["img0", "", "none"], ["img1", chosen, "answer"]]
+
+
+def test_the_printed_address_with_its_token_opens_the_page_off_loopback(browser, tmp_path):
+    from playwright.sync_api import expect
+
+    out = tmp_path / "a.csv"
+    with serving(fake_items(3), out, host="0.0.0.0", min_view_ms=60) as api:
+        token = api.server.token
+        context = browser.new_context()
+        try:
+            tab = context.new_page()
+            tab.goto(f"http://127.0.0.1:{api.port}/")  # without the token: refused
+            expect(tab.locator("body")).to_contain_text("needs its access token")
+            tab.goto(f"http://127.0.0.1:{api.port}/?token={token}")  # the printed address
+            assert tab.url == f"http://127.0.0.1:{api.port}/"  # the token left the address bar for a cookie
+            _ready(tab, "img0")
+            tab.keyboard.press("1")
+            _ready(tab, "img1")
+        finally:
+            context.close()
+    assert [r[0] for r in rows(out)[1:]] == ["img0"]
