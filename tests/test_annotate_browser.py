@@ -222,9 +222,9 @@ def test_undo_restores_the_previous_answer_in_the_file(browser, tmp_path):
         expect(tab.locator("#notice")).to_contain_text(f"Undone: change {first[1]} for img0")
         assert manual() == first[0]  # the file says so too
         tab.keyboard.press("Control+z")  # and the first answer too: img0 has no class any more
-        _ready(tab, "img0")
         expect(tab.locator("#status")).to_have_text("")
         expect(tab.locator("#undo")).to_be_disabled()
+        _ready(tab, "img0")  # the same image in a new display: it takes input once shown again
         tab.keyboard.press("3")
         _ready(tab, "img1")
         # The history panel revisits an answer: a click on its thumbnail.
