@@ -518,7 +518,14 @@ function renderHistogram() {
   }
 }
 
-// -- keyboard: by physical key (event.code), so every layout works -------------------------------
+// -- keyboard: digits by physical key (event.code), letters as typed --------------------------------
+// Digits by position, so layouts where they need Shift (AZERTY) answer with the unshifted key;
+// letters by the character typed, so S, U, Ctrl+Z... are where the layout puts them (QWERTZ,
+// AZERTY, Dvorak), and by position where the layout types no Latin letter (Cyrillic, Greek).
+function actionCode(event) {
+  return /^[a-z]$/i.test(event.key) ? `Key${event.key.toUpperCase()}` : event.code;
+}
+
 const KEY_ACTIONS = {
   KeyN: nextBatch,
   KeyX: noneOfThese,
@@ -557,7 +564,8 @@ document.addEventListener("keydown", (event) => {
   }
   keysDown.add(event.code);
   if (!state) return;
-  if ((event.ctrlKey || event.metaKey) && event.code === "KeyZ") {
+  const code = actionCode(event);
+  if ((event.ctrlKey || event.metaKey) && code === "KeyZ") {
     event.preventDefault();
     undo();
     return;
@@ -570,7 +578,7 @@ document.addEventListener("keydown", (event) => {
     event.preventDefault();
     return;
   }
-  const action = KEY_ACTIONS[event.code];
+  const action = KEY_ACTIONS[code];
   if (action) {
     event.preventDefault();
     action();
