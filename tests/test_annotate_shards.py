@@ -128,6 +128,17 @@ def test_merge_combines_the_shards_and_measures_agreement_on_the_overlap(tmp_pat
     ids = list(range_ids(12))
     with pytest.raises(ValueError, match=rf"{len(disagreeing)} were skipped by the annotator"):
         ManualSinglePositive(out).observe(np.ones((12, 5)), ids=ids, class_names=ANIMALS)
+    # The annotation tool on the merged file (no shard) shows them to be settled, and then it trains.
+    assert disagreeing
+    with AnnotationLog(out, ids, ANIMALS) as log:
+        session = AnnotationSession(fake_items(12), log, "referee")
+        for image_id in disagreeing:
+            current = session.state()["current"]
+            assert (current["id"], current["status"]) == (image_id, "skipped")
+            session.answer(image_id, session.display, ANIMALS[0], 1.0)
+        assert session.state()["current"] is None
+    observed = ManualSinglePositive(out).observe(np.ones((12, 5)), ids=ids, class_names=ANIMALS)
+    assert all(observed[int(s[3:])].argmax() == 0 for s in disagreeing)
     # An existing file is never overwritten; "first" keeps the first file's answer.
     assert main([*map(str, paths), "--out", str(out)]) == 2
     firsts = merge_files(paths, disagreement="first")
