@@ -95,10 +95,10 @@ def test_manual_labels_accept_names_and_indices(tmp_path):
     [
         ("x,b\ny,nope\nz,a\n", "line 2.*'nope'"),
         ("x,b\ny,9\nz,a\n", "line 2"),
-        ("x,b\nw,a\nz,a\n", "line 2: image id 'w'"),
+        ("x,b\nw,a\nz,a\n", r"line 2, column 1 \(image id\): image id 'w'"),
         ("x,b\nx,a\nz,a\n", "already labelled"),
         ("x,b\nz,a\n", "1 training sample"),
-        ("x,b,c\n", "expected 2 fields"),
+        ("x,b,c\n", r"line 1: expected 2 fields .*: fields after column 2 \(class\)"),
     ],
 )
 def test_manual_label_file_errors_name_the_row(tmp_path, content, message):
@@ -139,9 +139,9 @@ def test_manual_labels_read_columns_by_name_in_any_order(tmp_path):
             r"1 training sample\(s\) have no manual label \(first: \['y'\]\).*labels.missing=random",
         ),
         ("x,b,a,t,1\ny,a,a,t,1\ny,,a,t,1\nz,a,a,t,1\n", "1 were skipped"),  # a later skip replaces the answer
-        ("x,b,a,t,1\ny,nope,a,t,1\nz,a,a,t,1\n", "line 3: class 'nope'"),
-        ("x,b,a,t,1\nw,b,a,t,1\n", "line 3: image id 'w' is not in the training split"),
-        ("x,b,a,t,1\ny,b,a,t\n", "line 3: expected 5 fields"),
+        ("x,b,a,t,1\ny,nope,a,t,1\nz,a,a,t,1\n", "line 3, column class_name: class 'nope'"),
+        ("x,b,a,t,1\nw,b,a,t,1\n", "line 3, column image_id: image id 'w' is not in the training split"),
+        ("x,b,a,t,1\ny,b,a,t\n", "line 3: expected 5 fields .*: column\\(s\\) seconds missing"),
     ],
 )
 def test_manual_annotation_file_errors_name_the_images(tmp_path, content, message):

@@ -9,15 +9,19 @@ taken from the datamodule itself rather than re-derived:
   serves every split seed and validation fraction; validation images are annotated too.
 * reBEN-format data (``dataset=ben``, ``dataset=synthetic``): the training split of the
   metadata, after ``max_samples.train``, in metadata order, which is what the label source
-  observes there. Patches are shown as an RGB rendering of B04, B03, B02 with a per-band
-  percentile stretch, and the reference map (when the LMDB has maps) can be shown beside.
+  observes there. Patches are shown as a band composite (true colour B04, B03, B02; false
+  colour B08, B04, B03; SWIR B12, B8A, B04; S1 VV, VH, VV-VH, as far as the LMDB has the
+  bands) with a per-band percentile stretch, and the reference map (when the LMDB has maps)
+  can be shown beside.
+
+Every item is drawn as a :class:`View` (composite and contrast stretch) that the page chooses.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +34,7 @@ from splml.data.datamodules.reben import ReBENDataModule
 from splml.data.datasets.images import read_rgb
 from splml.data.datasets.reben import ReBENDataset
 from splml.io.errors import DataFormatError
-from splml.io.reben.format import CLC_TO_CLASS, PATCH_SIZE, resolve_band_set
+from splml.io.reben.format import CLC_TO_CLASS, PATCH_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -47,21 +51,64 @@ REBEN_CLASS_COLOURS: tuple[tuple[int, int, int], ...] = (
 UNLABELLED_COLOUR: tuple[int, int, int] = (60, 60, 60)
 
 
+@dataclass(frozen=True)
+class View:
+    """How an image is drawn: a band ``composite`` (one of the items' ``composites``) and a
+    per-band percentile ``stretch`` (None: an RGB image as it is, multispectral bands from
+    their minimum to their maximum)."""
+
+    composite: str
+    stretch: tuple[float, float] | None
+
+    @property
+    def stretch_text(self) -> str:
+        return "off" if self.stretch is None else "-".join(f"{v:g}" for v in self.stretch)
+
+
+#: Contrast choices offered on the page (besides off and the dataset's default), low-high percentiles.
+STRETCH_CHOICES: tuple[tuple[float, float], ...] = ((0.5, 99.5), (2.0, 98.0), (5.0, 95.0))
+#: Band composites of multispectral data: name -> (label on the page, bands shown as red, green, blue;
+#: S1's blue is VV - VH, the cross-polarisation ratio in dB).
+COMPOSITES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "true": ("True colour (B04 B03 B02)", ("B04", "B03", "B02")),
+    "nir": ("False colour NIR-R-G (B08 B04 B03)", ("B08", "B04", "B03")),
+    "swir": ("SWIR (B12 B8A B04)", ("B12", "B8A", "B04")),
+    "s1": ("S1 VV / VH (VV VH VV-VH)", ("VV", "VH")),
+}
+
+
+def parse_stretch(text: str) -> tuple[float, float] | None:
+    """``"off"`` or ``"<low>-<high>"`` percentiles (ValueError otherwise)."""
+    if text == "off":
+        return None
+    low, sep, high = text.partition("-")
+    if not sep or len(text) > 16:
+        raise ValueError(f"stretch must be 'off' or '<low>-<high>' percentiles, got {text!r}")
+    values = (float(low), float(high))
+    display.check_stretch(*values)
+    return values
+
+
 @dataclass
 class AnnotationItems:
     """Ids and class names of the images to annotate, with a renderer for each.
 
-    ``render(i)`` gives the RGB image shown for item ``i``; ``class_map(i)``, when the data
-    has reference maps, an H x W array of class indices (-1 where no class applies), drawn
-    with ``class_colours``.
+    ``render(i, view)`` gives the RGB image shown for item ``i`` drawn as ``view`` (a
+    composite of ``composites``, name -> label); ``class_map(i)``, when the data has reference
+    maps, an H x W array of class indices (-1 where no class applies), drawn with
+    ``class_colours``.
     """
 
     ids: tuple[str, ...]
     class_names: tuple[str, ...]
     description: str
-    render: Callable[[int], Image.Image]
+    render: Callable[[int, View], Image.Image]
     class_map: Callable[[int], np.ndarray] | None = None
     class_colours: tuple[tuple[int, int, int], ...] = field(default_factory=tuple)
+    composites: dict[str, str] = field(default_factory=lambda: {"rgb": "Colour"})
+    default_view: View = View("rgb", None)
+    #: How the page names ``stretch=off``: "as is" for RGB images, "min-max" for bands.
+    stretch_off_label: str = "off (as stored)"
 
     def __post_init__(self) -> None:
         if not self.ids:
@@ -71,6 +118,8 @@ class AnnotationItems:
         for text in (*self.ids, *self.class_names):
             if any(ch in text for ch in "\r\n"):
                 raise ValueError(f"{self.description}: {text!r} contains a line break")
+        if self.default_view.composite not in self.composites:
+            raise ValueError(f"{self.description}: default composite {self.default_view.composite!r} not offered")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -78,6 +127,46 @@ class AnnotationItems:
     @property
     def has_maps(self) -> bool:
         return self.class_map is not None
+
+    def picture(self, i: int, view: View | None = None) -> Image.Image:
+        """Item ``i`` drawn as ``view`` (default: ``default_view``)."""
+        return self.render(i, view or self.default_view)
+
+    def view(self, composite: str | None, stretch: str | None) -> View:
+        """The view named by a request (ValueError for a composite or stretch that is not offered)."""
+        composite = composite or self.default_view.composite
+        if composite not in self.composites:
+            raise ValueError(f"unknown band composite {composite!r}; choose one of {sorted(self.composites)}")
+        return View(composite, self.default_view.stretch if stretch is None else parse_stretch(stretch))
+
+    def view_choices(self) -> dict[str, Any]:
+        """What the page offers: the composites, the contrast stretches and the default."""
+        stretches = [View("", None), *(View("", s) for s in STRETCH_CHOICES)]
+        if self.default_view.stretch is not None and self.default_view.stretch not in STRETCH_CHOICES:
+            stretches.append(View("", self.default_view.stretch))
+        return {
+            "composites": [{"name": n, "label": label} for n, label in self.composites.items()],
+            "stretches": [
+                {
+                    "name": v.stretch_text,
+                    "label": self.stretch_off_label if v.stretch is None else f"{v.stretch_text} %",
+                }
+                for v in stretches
+            ],
+            "default": {"composite": self.default_view.composite, "stretch": self.default_view.stretch_text},
+        }
+
+    def subset(self, indices: Sequence[int], description: str) -> AnnotationItems:
+        """The items at ``indices`` only (a shard), drawn as before."""
+        keep = [int(i) for i in indices]
+        render, class_map = self.render, self.class_map
+        return replace(
+            self,
+            ids=tuple(self.ids[i] for i in keep),
+            description=description,
+            render=lambda i, view: render(keep[i], view),
+            class_map=None if class_map is None else (lambda i: class_map(keep[i])),
+        )
 
     def render_map(self, i: int) -> Image.Image:
         """The reference map of item ``i`` in class colours."""
@@ -113,11 +202,18 @@ def items_from_datamodule(datamodule: Any, stretch: Sequence[float] = (2.0, 98.0
     if isinstance(datamodule, ImageDataModule):
         pool, _ = datamodule.load_sources()
         paths = pool.paths
+
+        def render(i: int, view: View) -> Image.Image:
+            image = read_rgb(paths[i])
+            if view.stretch is None:
+                return image
+            return Image.fromarray(percentile_stretch(np.asarray(image).transpose(2, 0, 1), *view.stretch))
+
         return AnnotationItems(
             ids=tuple(pool.ids),
             class_names=tuple(datamodule.class_names),
             description=f"{datamodule.display_name} official training set ({Path(datamodule.root).name})",
-            render=lambda i: read_rgb(paths[i]),
+            render=render,
         )
     if isinstance(datamodule, ReBENDataModule):
         return _reben_items(datamodule, stretch)
@@ -131,12 +227,27 @@ def _reben_items(datamodule: ReBENDataModule, stretch: Sequence[float]) -> Annot
     low, high = (float(v) for v in stretch)
     display.check_stretch(low, high)  # a bad stretch fails now, not at the first image
     root = datamodule.resolve_root()
-    rgb = ReBENDataset(
-        root, "train", bands=resolve_band_set("rgb"), image_size=PATCH_SIZE, normalize=False,
-        lmdb_path=train.lmdb_path, metadata_path=train.metadata_path,
-        records=train.records, value_range=train.value_range,
-    )  # fmt: skip
+    readers = {}
+    for name, (_, bands) in COMPOSITES.items():
+        reader = ReBENDataset(
+            root, "train", bands=bands, image_size=PATCH_SIZE, normalize=False, lmdb_path=train.lmdb_path,
+            metadata_path=train.metadata_path, records=train.records, value_range=train.value_range,
+        )  # fmt: skip
+        try:
+            reader.read_bands(0)
+        except (KeyError, DataFormatError) as exc:  # an LMDB without S1 (or some bands) offers fewer composites
+            log.info("band composite %r is not offered: %s has no %s (%s)", name, train.lmdb_path, bands, exc)
+            continue
+        readers[name] = reader
+    if "true" not in readers:
+        raise DataFormatError(f"{train.lmdb_path}: the patches lack the bands of a true-colour image (B04, B03, B02)")
     lookup = _clc_lookup()
+
+    def render(i: int, view: View) -> Image.Image:
+        bands = readers[view.composite].read_bands(i).numpy()
+        if view.composite == "s1":
+            bands = np.concatenate([bands, bands[:1] - bands[1:2]])
+        return Image.fromarray(percentile_stretch(bands, *(view.stretch or (0.0, 100.0))))
 
     def class_map(i: int) -> np.ndarray:
         return lookup[train.read_reference_map(i)]
@@ -151,7 +262,10 @@ def _reben_items(datamodule: ReBENDataModule, stretch: Sequence[float]) -> Annot
         ids=tuple(r.patch_id for r in train.records),
         class_names=tuple(datamodule.class_names),
         description=f"reBEN-format training split ({root.name})",
-        render=lambda i: Image.fromarray(percentile_stretch(rgb.read_bands(i).numpy(), low, high)),
+        render=render,
         class_map=class_map if has_maps else None,
         class_colours=REBEN_CLASS_COLOURS,
+        composites={name: COMPOSITES[name][0] for name in readers},
+        default_view=View("true", (low, high)),
+        stretch_off_label="min-max",
     )

@@ -20,7 +20,7 @@ import numpy as np
 
 from splml.data.datasets.spml_files import load_label_matrix, load_string_array
 from splml.io.errors import DataFormatError
-from splml.io.label_files import load_single_positive_file, read_annotation_file
+from splml.io.label_files import RowKind, load_single_positive_file, read_annotation_file
 
 log = logging.getLogger(__name__)
 
@@ -167,13 +167,17 @@ class ManualSinglePositive(LabelSource):
 
     The file is read by :func:`splml.io.label_files.read_annotation_file`, the reader the
     annotation tool uses too: ``<id>,<class name or index>`` rows (optionally under a header),
-    or the annotation file of ``python -m splml.annotate`` (a log: the last row of an image
-    wins, and an empty class marks an image the annotator skipped).
+    or the annotation file of ``python -m splml.annotate``, a log whose rows are applied in
+    order: an answer (or a changed answer) gives the image its class, an undo cancels the
+    image's latest row, and the metadata rows (``shard``, ``merged``) describe the file.
 
-    Every training sample needs a class. Skipped and missing samples are an error listing
-    them, unless ``missing="random"``, which gives each of them one of its true labels drawn
-    as ``labels=random`` with ``seed`` would (and logs how many). Unknown ids and unknown
-    classes are errors naming the file and line.
+    Every training sample needs a class. Samples the file leaves without one are reported, by
+    kind: no row at all, skipped, marked "none of these" (no class of the nomenclature applies)
+    and flagged (with the annotator's note). They are an error listing them, unless
+    ``missing="random"``, which gives each of them one of its true labels drawn as
+    ``labels=random`` with ``seed`` would, and logs how many of each kind. A shard's file (one
+    annotator's part of the dataset) says so and names the merge command. Unknown ids and
+    unknown classes are errors naming the file, line and column.
     """
 
     name = "manual"
@@ -191,36 +195,64 @@ class ManualSinglePositive(LabelSource):
         targets = np.asarray(targets)
         if not self.file.is_file():
             raise FileNotFoundError(f"manual label file not found: {self.file}")
-        chosen = read_annotation_file(self.file, ids=ids, class_names=class_names).latest()
+        annotations = read_annotation_file(self.file, ids=ids, class_names=class_names)
+        decisions = annotations.decisions()
         index_of_id = {sid: i for i, sid in enumerate(ids)}
         index_of_class = {name: c for c, name in enumerate(class_names)}
         observed = np.zeros(targets.shape, dtype=np.float32)
-        for sid, class_name in chosen.items():
-            if class_name:
-                observed[index_of_id[sid], index_of_class[class_name]] = 1.0
-        skipped = [sid for sid in ids if chosen.get(sid) == ""]
-        missing = [sid for sid in ids if sid not in chosen]
-        if not skipped and not missing:
+        for sid, row in decisions.items():
+            if row.has_class:
+                observed[index_of_id[sid], index_of_class[row.class_name]] = 1.0
+        unlabelled = _unlabelled(ids, decisions)
+        if not any(unlabelled.values()):
             return observed
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} training sample(s) have no manual label (first: {missing[:5]})")
-        if skipped:
-            parts.append(f"{len(skipped)} were skipped by the annotator (first: {skipped[:5]})")
+        parts = [_describe(kind, sids, decisions) for kind, sids in unlabelled.items() if sids]
+        shard = annotations.shard
         if self.missing == "error":
+            hint = (
+                f" This file is shard {shard.label} ({shard.images} of the {shard.total} images): merge every "
+                "shard's file with python -m splml.annotate.merge <shard files> --out <merged.csv> and train on the "
+                "merged file."
+                if shard is not None
+                else ""
+            )
             raise ValueError(
                 f"{self.file}: {'; '.join(parts)}. Label them (python -m splml.annotate resumes at the first "
-                "unanswered image and shows skipped ones again at the end), or set labels.missing=random to give "
-                "each of them one of its true labels at random"
+                "unanswered image, shows skipped ones again at the end, and Undo or Go to reopens any image), or set "
+                f"labels.missing=random to give each of them one of its true labels at random.{hint}"
             )
         drawn = RandomSinglePositive(self.seed).observe(targets, ids=ids, class_names=class_names)
-        for sid in missing + skipped:
-            observed[index_of_id[sid]] = drawn[index_of_id[sid]]
+        for sids in unlabelled.values():
+            for sid in sids:
+                observed[index_of_id[sid]] = drawn[index_of_id[sid]]
         log.warning(
             "%s: %s; labels.missing=random drew their positive from the true labels (seed %d)",
             self.file, "; ".join(parts), self.seed,
         )  # fmt: skip
         return observed
+
+
+def _unlabelled(ids: Sequence[str], decisions: dict) -> dict[str, list[str]]:
+    """The training samples without a class, by why: no row, skipped, none of these, flagged."""
+    groups: dict[str, list[str]] = {"missing": [], RowKind.SKIP: [], RowKind.NONE: [], RowKind.FLAG: []}
+    for sid in ids:
+        row = decisions.get(sid)
+        if row is None:
+            groups["missing"].append(sid)
+        elif not row.has_class:
+            groups[row.kind].append(sid)
+    return groups
+
+
+def _describe(kind: str, sids: list[str], decisions: dict) -> str:
+    if kind == "missing":
+        return f"{len(sids)} training sample(s) have no manual label (first: {sids[:5]})"
+    if kind == RowKind.SKIP:
+        return f"{len(sids)} were skipped by the annotator (first: {sids[:5]})"
+    if kind == RowKind.NONE:
+        return f"{len(sids)} were marked 'none of these' by the annotator (first: {sids[:5]})"
+    flagged = [f"{sid} ({decisions[sid].note})" for sid in sids[:5]]
+    return f"{len(sids)} were flagged by the annotator (first: {', '.join(flagged)})"
 
 
 class ObservedLabelsFile(LabelSource):

@@ -129,7 +129,9 @@ def test_manual_single_positives_by_stem_name_or_index(aid_root, tmp_path):
     assert np.array_equal(dm.datasets["validation"].observed, dm.datasets["validation"].targets)
 
     manual.write_text("\n".join([*lines[:3], f"{lines[3].split(',')[0]},volcano", *lines[4:]]) + "\n")
-    with pytest.raises(ValueError, match=r"line 4: class 'volcano' is neither a class name nor an index"):
+    with pytest.raises(
+        ValueError, match=r"line 4, column 2 \(class\): class 'volcano' is neither a class name nor an index"
+    ):
         _dm(aid_root, labels=ManualSinglePositive(manual)).setup()
 
 
