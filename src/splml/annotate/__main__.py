@@ -9,17 +9,17 @@ from __future__ import annotations
 import errno
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 import hydra
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from splml.annotate.items import AnnotationItems, items_from_datamodule
-from splml.annotate.server import AnnotationServer, is_loopback
-from splml.annotate.session import AnnotationSession
-from splml.builders import config_dir, register_resolvers
-from splml.data.labels import FullLabels
+from splml.config import answer_help, config_dir, register_resolvers
 from splml.io.label_files import AnnotationFileBusy, AnnotationLog, LabelFileError
+
+if TYPE_CHECKING:
+    from splml.annotate.items import AnnotationItems
+    from splml.annotate.server import AnnotationServer
 
 log = logging.getLogger("splml.annotate")
 register_resolvers()
@@ -27,6 +27,12 @@ register_resolvers()
 
 def build_items(cfg: DictConfig) -> AnnotationItems:
     """The images to annotate for the composed config's dataset."""
+    # torch and the datasets load here, after Hydra has parsed the command line (a fast --help).
+    from hydra.utils import instantiate
+
+    from splml.annotate.items import items_from_datamodule
+    from splml.data.labels import FullLabels
+
     # The label source plays no part in which images there are; full labels need no file.
     datamodule = instantiate(cfg.dataset.datamodule, labels=FullLabels(), _convert_="all")
     return items_from_datamodule(datamodule, stretch=tuple(cfg.stretch))
@@ -34,6 +40,9 @@ def build_items(cfg: DictConfig) -> AnnotationItems:
 
 def open_server(cfg: DictConfig) -> AnnotationServer:
     """Everything but serving: the items, the locked annotation file, the session, the bound socket."""
+    from splml.annotate.server import AnnotationServer, is_loopback
+    from splml.annotate.session import AnnotationSession
+
     out = cfg.out  # a missing out= fails before the dataset is read
     items = build_items(cfg)
     annotations = AnnotationLog(out, items.ids, items.class_names)
@@ -88,5 +97,11 @@ def main(cfg: DictConfig) -> None:
         session.log.close()
 
 
+def cli() -> None:
+    """``splml-annotate``: the command line (a quick ``--help``, then Hydra)."""
+    if not answer_help("annotate", "splml-annotate", "label the training images by hand on a local web page"):
+        main()
+
+
 if __name__ == "__main__":
-    main()
+    cli()

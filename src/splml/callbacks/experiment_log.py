@@ -6,6 +6,8 @@
   ``TensorBoardLogger.log_hyperparams``, flattened to ``optim/lr`` style keys, since TensorBoard
   takes only scalars, with the task's scores as the table's metric columns.
 * The figures a run writes reach the loggers through :func:`splml.loggers.log_figure`.
+* :class:`RecordLoggerRuns` keeps the W&B run id in every checkpoint, so a resumed run continues
+  the same W&B run (:class:`splml.loggers.ResumableWandbLogger`).
 
 The learning rates come from Lightning's ``LearningRateMonitor`` (``conf/callbacks/default.yaml``),
 one curve per optimizer parameter group, named after the group (``backbone``, ``head``).
@@ -20,7 +22,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+
+from splml.io.checkpoint import write_logger_runs
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +69,14 @@ class LogRunConfig(L.Callback):
                 logger.log_hyperparams(flatten_config(config), metrics=columns)
             else:
                 logger.log_hyperparams(config)
+
+
+class RecordLoggerRuns(L.Callback):
+    """Writes the experiment loggers' run ids into every checkpoint (``{"wandb": <run id>}``)."""
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        wandb = next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger) and lg.version), None)
+        write_logger_runs(checkpoint, {"wandb": str(wandb.version)} if wandb is not None else {})
 
 
 def hparams_table_metrics(trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[str, ...]:
