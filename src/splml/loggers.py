@@ -90,7 +90,7 @@ class ResumableTensorBoardLogger(TensorBoardLogger):
     run's folder. The events of the run it resumes (its folder is found as for
     :class:`ResumableCSVLogger`) up to the checkpoint's step are copied into one event file of the
     new log folder before anything new is written, so the curves run from the first epoch; the
-    HParams entry is not copied (the resumed run writes its own). Resumed into the same folder, the
+    HParams entry and the interrupted run's test are not copied (the resumed run writes its own). Resumed into the same folder, the
     old event files are already there and nothing is copied.
     """
 
@@ -106,7 +106,7 @@ class ResumableTensorBoardLogger(TensorBoardLogger):
         return super().experiment
 
     def _copy_history(self) -> None:
-        from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+        from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
         from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
         ckpt_path = Path(str(self.resume_from))
@@ -124,10 +124,14 @@ class ResumableTensorBoardLogger(TensorBoardLogger):
         copied = 0
         try:
             for events in sorted(found.glob("events.out.tfevents.*")):
-                for event in EventFileLoader(str(events)).Load():
-                    if not event.HasField("summary") or (last_step is not None and event.step > last_step):
+                for event in LegacyEventFileLoader(str(events)).Load():  # the events as written
+                    # The checkpoint was written after `global_step` steps, whose events are logged at steps
+                    # below it; from that step on they came after the checkpoint (its test, the next epoch),
+                    # and the resumed run logs them again.
+                    if not event.HasField("summary") or (last_step is not None and event.step >= last_step):
                         continue
-                    if any(v.metadata.plugin_data.plugin_name == "hparams" for v in event.summary.value):
+                    if any(v.metadata.plugin_data.plugin_name == "hparams" or v.tag.startswith("test/")
+                           for v in event.summary.value):  # fmt: skip
                         continue
                     writer.add_event(event)
                     copied += 1

@@ -74,14 +74,24 @@ def _read_rgb_any(path: Path) -> Any:
 
 def _read_tiff(path: Path) -> tuple[np.ndarray, np.dtype]:
     """All bands of a (Geo)TIFF (``count x H x W``) and their dtype; the descriptions are read by the caller."""
+    data, _ = _read_raster(path)
+    return data, data.dtype
+
+
+def _read_raster(path: Path) -> tuple[np.ndarray, list[str]]:
+    """All bands of a (Geo)TIFF (``count x H x W``) and their descriptions ("" where unnamed)."""
+    import warnings
+
     import rasterio
 
     try:
-        with rasterio.open(path) as src:
-            data = src.read()
+        with warnings.catch_warnings():
+            # Pixels are what is read: a TIFF without a geotransform is as good as one with.
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            with rasterio.open(path) as src:
+                return src.read(), [d or "" for d in src.descriptions]
     except rasterio.errors.RasterioIOError as exc:
         raise DataFormatError(f"{path}: cannot read the image ({exc})") from exc
-    return data, data.dtype
 
 
 def _multispectral(path: Path, spec: DataSpec) -> torch.Tensor:
@@ -90,14 +100,7 @@ def _multispectral(path: Path, spec: DataSpec) -> torch.Tensor:
             f"{path}: this model reads {len(spec.bands)} reBEN bands {list(spec.bands)} from a multispectral GeoTIFF "
             f"(.tif), not a {path.suffix or 'file without suffix'}"
         )
-    import rasterio
-
-    try:
-        with rasterio.open(path) as src:
-            descriptions = [d or "" for d in src.descriptions]
-            data = src.read()
-    except rasterio.errors.RasterioIOError as exc:
-        raise DataFormatError(f"{path}: cannot read the image ({exc})") from exc
+    data, descriptions = _read_raster(path)
     wanted = list(spec.bands)
     if all(b in descriptions for b in wanted):
         data = data[[descriptions.index(b) for b in wanted]]
