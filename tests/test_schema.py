@@ -44,11 +44,15 @@ def test_a_wrong_type_or_an_unknown_key_fails_while_composing_naming_the_key(ove
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("dataset.datamodule.batch_size=0", "dataset.datamodule.batch_size=0: the batch size per process must be >= 1"),
+        (
+            "dataset.datamodule.batch_size=0",
+            "dataset.datamodule.batch_size=0: the batch size per process must be an integer >= 1",
+        ),
         ("optim.lr=-0.1", "optim.lr=-0.1: the backbone's learning rate must be > 0"),
         ("optim.threshold=1", "optim.threshold=1.0: the F1 decision threshold on probabilities must be > 0 and < 1"),
-        ("trainer.max_epochs=0", "trainer.max_epochs=0: the number of training epochs must be >= 1 (or -1)"),
-        ("dataset.datamodule.max_samples.train=0", "dataset.datamodule.max_samples.train=0: must be >= 1"),
+        ("trainer.max_epochs=0", "trainer.max_epochs=0: the number of training epochs must be an integer >= 1"),
+        ("trainer.max_epochs=-1", "trainer.max_epochs=-1: the number of training epochs must be an integer >= 1"),
+        ("dataset.datamodule.max_samples.train=0", "dataset.datamodule.max_samples.train=0: must be an integer >= 1"),
         ("trainer.precision=17", "trainer.precision=17: must be one of"),
         ("dataset.datamodule.upsampling=cubic", "dataset.datamodule.upsampling=cubic: must be one of"),
         ("dataset=aid dataset.datamodule.val_fraction=1.5", "dataset.datamodule.val_fraction=1.5: must be >= 0"),
@@ -126,6 +130,6 @@ def test_a_bad_value_on_the_command_line_fails_at_once_without_loading_lightning
         "try:\n    t.main()\nexcept BaseException as e:\n    print(type(e).__name__, 'lightning' in sys.modules)"
     )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
-    assert "dataset.datamodule.batch_size=0: the batch size per process must be >= 1" in proc.stderr
+    assert "dataset.datamodule.batch_size=0: the batch size per process must be an integer >= 1" in proc.stderr
     assert proc.stdout.split() == ["SystemExit", "False"]  # failed, and before Lightning was imported
     assert not (tmp_path / "results.json").exists()

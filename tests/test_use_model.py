@@ -322,3 +322,26 @@ def test_the_readme_python_gives_the_probabilities(run, readme, monkeypatch, cap
     printed = capsys.readouterr().out.strip().splitlines()[-1]
     shown = ast.literal_eval(printed)  # the dict the example prints
     np.testing.assert_allclose(list(shown.values()), run.probs[0], atol=1e-3)
+
+
+def test_a_retrieval_model_predicts_and_exports_its_embeddings(tmp_path):
+    cfg = compose_train(
+        tmp_path / "run", "task=retrieval", "loss=supcon", "labels=full", "backbone=test_resnet", "trainer.max_epochs=1",
+        "dataset.datamodule.max_samples={train: 32, validation: 16, test: 16}", cache_dir=tmp_path / "cache",
+    )  # fmt: skip
+    train(cfg)
+    ckpt = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    module = splml.load_model(ckpt)
+    assert isinstance(module, RetrievalModule) and module.data_spec.task == "retrieval"
+    root = next((tmp_path / "cache" / "synthetic").glob("reben-synthetic-*"))
+    out = tmp_path / "embeddings.csv"
+    predict(predict_config(f"ckpt={ckpt}", f"input={root}", "split=test", f"out={out}"))
+    table = pd.read_csv(out)
+    columns = [c for c in table.columns if c.startswith("embedding/")]
+    assert len(table) == 16 and len(columns) == 96 and "labels" not in table  # test_resnet's width
+    np.testing.assert_allclose(np.linalg.norm(table[columns].to_numpy(), axis=1), 1.0, atol=1e-5)
+    exported = export(export_config(f"ckpt={ckpt}", "format=torchscript", f"out={tmp_path / 'net.pt'}"))
+    images = torch.randn(2, 12, 120, 120)
+    with torch.no_grad():
+        np.testing.assert_allclose(run_export(exported, "torchscript", images), module(images)["embedding"], atol=1e-5)
+    assert json.loads((tmp_path / "net.pt.json").read_text())["output"]["name"] == "embedding"

@@ -25,7 +25,7 @@ def check_run_config(cfg: DictConfig, *, training: bool = True) -> None:
     optim, datamodule), then what depends on several keys. ``training=False`` (evaluation) checks
     only what evaluation uses: the data settings.
     """
-    validate_config(cfg)
+    validate_config(cfg, only=None if training else ("dataset",))
     dataset = cfg.get("dataset") or {}
     datamodule = dataset.get("datamodule") or {}
     if "image_size" in datamodule:

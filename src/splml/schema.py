@@ -48,7 +48,8 @@ class TrainerConfig:
         "64-true", "transformer-engine", "transformer-engine-float16", default=None,
     )  # fmt: skip
     fast_dev_run: Any = False
-    max_epochs: int | None = optional_at_least(1, default=None, allow=(-1,), meaning="the number of training epochs")
+    # Finite: the learning-rate schedule is laid out over the run (Lightning's -1, no limit, cannot be).
+    max_epochs: int | None = optional_at_least(1, default=None, meaning="the number of training epochs")
     min_epochs: int | None = optional_at_least(0, default=None)
     max_steps: int = at_least(-1, default=-1)
     min_steps: int | None = optional_at_least(0, default=None)
@@ -111,19 +112,23 @@ def register_schemas() -> None:
         store.store(group=f"{SCHEMA_GROUP}/datamodule", name=name, node=schema)
 
 
-def validate_config(cfg: DictConfig) -> None:
+def validate_config(cfg: DictConfig, *, only: tuple[str, ...] | None = None) -> None:
     """Raise :class:`ConfigValueError` naming the first value a schema's constraints refuse (``key=value: why``).
 
     Every node built from a schema is checked, wherever it sits (``trainer``, ``optim``,
-    ``dataset.datamodule`` and its ``augment``, ``max_samples``, ... parts).
+    ``dataset.datamodule`` and its ``augment``, ``max_samples``, ... parts), or only those below
+    the keys ``only`` names (``("dataset",)``).
     """
     for path, node, schema in _typed_nodes(cfg, ""):
+        if only is not None and not any(path == key or path.startswith(f"{key}.") for key in only):
+            continue
         for spec in dataclasses.fields(schema):
             constraint = spec.metadata.get("constraint")
             if constraint is None or spec.name not in node:
                 continue
             value = node[spec.name]
-            problem = constraint.problem(value)
+            # Annotations are strings here (postponed evaluation): an int field's values are whole numbers.
+            problem = constraint.problem(value, integer=str(spec.type) in ("int", "int | None", "Optional[int]"))
             if problem:
                 key = f"{path}.{spec.name}" if path else spec.name
                 raise ConfigValueError(f"{key}={_shown(value)}: {problem}")

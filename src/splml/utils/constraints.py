@@ -23,14 +23,14 @@ class Constraint:
     maximum: float | None = None
     strict_max: bool = False
     choices: tuple[Any, ...] | None = None
-    #: Values accepted besides the range (``max_epochs=-1``: Lightning's "no limit").
+    #: Values accepted besides the range (a sentinel such as ``-1`` for "no limit").
     allow: tuple[Any, ...] = ()
     optional: bool = False
     #: What the value is, for the message.
     meaning: str = ""
 
-    def problem(self, value: Any) -> str | None:
-        """Why ``value`` is refused, or None when it is allowed."""
+    def problem(self, value: Any, *, integer: bool = False) -> str | None:
+        """Why ``value`` is refused, or None when it is allowed (``integer``: say "an integer" in the message)."""
         if value is None:
             return (
                 None
@@ -51,7 +51,7 @@ class Constraint:
             return self._say(f"must be a number ({self._range()}), not NaN")
         low_ok = self.minimum is None or (value > self.minimum if self.strict else value >= self.minimum)
         high_ok = self.maximum is None or (value < self.maximum if self.strict_max else value <= self.maximum)
-        return None if low_ok and high_ok else self._say(f"must be {self._range()}")
+        return None if low_ok and high_ok else self._say(f"must be {'an integer ' if integer else ''}{self._range()}")
 
     def _range(self) -> str:
         parts = []
