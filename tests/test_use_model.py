@@ -22,6 +22,7 @@ import pandas as pd
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
 
 import splml
 from splml.builders import build_datamodule
@@ -186,6 +187,70 @@ def test_predict_a_reben_lmdb_split_and_a_list_file(run, tmp_path):
     assert list(listed["id"]) == ["patches/patch_3.tif", "patches/patch_1.tif"]
     assert list(listed["path"]) == [str(folder / "patch_3.tif"), str(folder / "patch_1.tif")]
     np.testing.assert_allclose(listed[[f"prob/{c}" for c in classes]].to_numpy(), run.probs[[3, 1]], atol=1e-5)
+
+
+def test_a_metadata_file_listing_a_subset_predicts_that_subset_in_worker_processes(run, tmp_path):
+    metadata = pd.read_parquet(run.root / "metadata.parquet")
+    chosen = [run.ids[4], run.ids[1], run.ids[2]]
+    subset = tmp_path / "subset.parquet"
+    metadata.set_index("patch_id").loc[chosen].reset_index().to_parquet(subset)
+    out = tmp_path / "subset.csv"
+    # In a DataLoader worker process, as users run it on many patches.
+    predict(
+        predict_config(f"ckpt={run.ckpt}", f"input={run.root}", f"metadata={subset}", f"out={out}", "num_workers=1")
+    )
+    table = pd.read_csv(out)
+    assert list(table["id"]) == chosen
+    classes = splml.load_model(run.ckpt).data_spec.class_names
+    np.testing.assert_allclose(table[[f"prob/{c}" for c in classes]].to_numpy(), run.probs[[4, 1, 2]], atol=1e-5)
+    with pytest.raises(ValueError, match="metadata= and split= select reBEN patches"):
+        predict(predict_config(f"ckpt={run.ckpt}", f"input={tmp_path}", f"metadata={subset}", f"out={out}"))
+
+
+def test_an_rgb_model_predicts_jpeg_png_and_tiff_files_as_training_prepares_them(tmp_path):
+    """A model trained on RGB JPEGs (AID layout) scores its test images, and the same pixels saved as PNG / TIFF."""
+    from PIL import Image
+
+    from .image_support import write_aid_tree
+
+    root = tmp_path / "aid"
+    write_aid_tree(root, n_train=10, n_test=4, size=24)
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=[
+            "dataset=aid", f"dataset.root={root}", "backbone=test_resnet", "trainer.max_epochs=1",
+            "dataset.datamodule.image_size=32", "dataset.datamodule.num_workers=0", "dataset.datamodule.batch_size=4",
+            "dataset.datamodule.pin_memory=false", "++trainer.enable_progress_bar=false",
+            "++trainer.enable_model_summary=false", "~callbacks.progress_bar", f"paths.cache_dir={tmp_path / 'cache'}",
+        ])  # fmt: skip
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "run")
+    train(cfg)
+    ckpt = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    module = splml.load_model(ckpt)
+    spec = module.data_spec
+    assert (spec.input_format, spec.image_size, len(spec.class_names)) == ("rgb", 32, 17)
+    datamodule = build_datamodule(cfg)
+    datamodule.setup("test")
+    test = datamodule.datasets["test"]
+    with torch.no_grad():
+        expected = module(torch.stack([test[i]["image"] for i in range(len(test))]))["logits"].sigmoid().numpy()
+    by_stem = dict(zip(test.ids, expected, strict=True))
+    folder = tmp_path / "mixed"
+    jpegs = sorted((root / "images_test").rglob("*.jpg"))
+    for k, jpeg in enumerate(jpegs):
+        target = folder / jpeg.relative_to(root / "images_test")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if k == 0:
+            shutil.copy(jpeg, target)  # the JPEG itself; the others as lossless copies of its decoded pixels
+        else:
+            Image.open(jpeg).convert("RGB").save(target.with_suffix(".png" if k % 2 else ".tif"))
+    out = tmp_path / "rgb.csv"
+    predict(predict_config(f"ckpt={ckpt}", f"input={folder}", f"out={out}", "batch_size=3"))
+    table = pd.read_csv(out)
+    assert sorted(Path(i).suffix for i in table["id"]) == [".jpg", ".png", ".png", ".tif"]
+    want = np.stack([by_stem[Path(i).stem] for i in table["id"]])
+    np.testing.assert_allclose(table[[f"prob/{c}" for c in spec.class_names]].to_numpy(), want, atol=1e-5)
 
 
 def test_thresholds_one_for_all_per_class_from_a_file_or_chosen_on_validation(run, tmp_path):

@@ -100,7 +100,8 @@ def to_network_input(
     pixels: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
 ) -> torch.Tensor:
     """An ``S x S x 3`` uint8 view as the network reads it: ``3 x S x S`` float32 in [0, 1], then ``(x - mean) / std``."""
-    scaled = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float().div_(255.0)
+    # A copy: a decoded image's array may be read-only, which torch.from_numpy warns about.
+    scaled = torch.from_numpy(np.array(pixels)).permute(2, 0, 1).float().div_(255.0)
     return ((scaled - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)).contiguous()
 
 
