@@ -80,6 +80,33 @@ def test_the_installed_package_has_its_configs_and_no_repository_on_its_path(ins
     assert not checkout and Path(root) == tmp_path  # outputs default to the working directory
 
 
+def test_environment_variables_move_the_outputs(monkeypatch, tmp_path):
+    """``SPLML_ROOT_DIR`` moves logs, data and cache together; ``SPLML_<LOG|DATA|CACHE>_DIR`` each one of them."""
+    from hydra import compose, initialize_config_dir
+
+    from splml.config import config_dir, register_resolvers
+
+    def paths(**env: str) -> dict[str, str]:
+        for name in ("SPLML_ROOT_DIR", "SPLML_LOG_DIR", "SPLML_DATA_DIR", "SPLML_CACHE_DIR"):
+            monkeypatch.delenv(name, raising=False)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        register_resolvers()
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            cfg = compose("train", return_hydra_config=True)
+        return {key: cfg.paths[key] for key in ("root_dir", "log_dir", "data_dir", "cache_dir")} | {
+            "run_dir": cfg.hydra.run.dir
+        }
+
+    root = tmp_path / "root"
+    moved = paths(SPLML_ROOT_DIR=str(root))
+    assert moved["root_dir"] == str(root) and moved["log_dir"] == str(root / "logs")
+    assert moved["data_dir"] == str(root / "data") and moved["cache_dir"] == str(root / ".cache")
+    assert moved["run_dir"].startswith(str(root / "logs" / "train" / "runs"))
+    one = paths(SPLML_ROOT_DIR=str(root), SPLML_CACHE_DIR=str(tmp_path / "cache"))
+    assert one["cache_dir"] == str(tmp_path / "cache") and one["log_dir"] == str(root / "logs")
+
+
 @pytest.mark.slow
 def test_every_command_answers_help(installed, tmp_path):
     venv, env = installed
@@ -90,7 +117,7 @@ def test_every_command_answers_help(installed, tmp_path):
 
 
 @pytest.mark.slow
-def test_hydra_tab_completion_of_the_console_script(installed, tmp_path):
+def test_hydra_tab_completion_of_the_console_scripts(installed, tmp_path):
     venv, env = installed
     script = _run([venv / "bin" / "splml-train", "-sc", "install=bash"], cwd=tmp_path, env=env).stdout
     assert "splml-train" in script and "COMP_LINE" in script
@@ -100,6 +127,10 @@ def test_hydra_tab_completion_of_the_console_script(installed, tmp_path):
     options = _run([venv / "bin" / "splml-train", "-sc", "query=bash"], cwd=tmp_path,
                    env={**env, "COMP_LINE": "splml-train dataset=sy"}).stdout.split()  # fmt: skip
     assert options == ["dataset=synthetic"]
+    for command, typed, expected in (("splml-predict", "on_e", "on_error="), ("splml-export", "form", "format=")):
+        options = _run([venv / "bin" / command, "-sc", "query=bash"], cwd=tmp_path,
+                       env={**env, "COMP_LINE": f"{command} {typed}"}).stdout.split()  # fmt: skip
+        assert options == [expected], command
 
 
 @pytest.mark.slow
