@@ -66,15 +66,19 @@ def main() -> None:
     ]
     for name, runs in samples.items():
         walls, cpus = [w for w, _ in runs], [c for _, c in runs]
-        lines.append(f"| `{name}` | {statistics.median(walls):.2f} | {min(walls):.2f} | {statistics.median(cpus):.2f} |")
+        lines.append(
+            f"| `{name}` | {statistics.median(walls):.2f} | {min(walls):.2f} | {statistics.median(cpus):.2f} |"
+        )
     cpu = platform.processor() or platform.machine()
     lines += [
         "",
-        f"Measured {date.today().isoformat()} on {os.cpu_count()} CPU cores ({cpu}), Python "
-        f"{platform.python_version()}, {args.repeats} runs each (interleaved), load average {load_before:.1f} before "
-        f"and {load_after:.1f} after (the machine was shared: the wall time includes waiting for a core; the CPU "
-        "time is the work). `(import lightning)` is what every `--help` waited for before the commands imported "
-        "torch and Lightning only once Hydra had parsed the command line.",
+        (
+            f"Measured {date.today().isoformat()} on {os.cpu_count()} CPU cores ({cpu}), Python "
+            f"{platform.python_version()}, {args.repeats} runs each (interleaved), load average {load_before:.1f} before "
+            f"and {load_after:.1f} after (the machine was shared: the wall time includes waiting for a core; the CPU "
+            "time is the work). `(import lightning)` is what every `--help` waited for before the commands imported "
+            "torch and Lightning only once Hydra had parsed the command line."
+        ),
     ]
     block = "\n".join(lines)
     print(block)
