@@ -78,6 +78,31 @@ def test_train_writes_results_config_checkpoints_and_metrics(trained_run):
     assert (trained_run / "observed_train_labels.npy").is_file()
 
 
+def test_results_record_their_provenance(trained_run):
+    """Library versions, the code's commit and whether it had changes, the machine, the trainer as run."""
+    import lightning
+    import timm
+    import torch
+    import torchmetrics
+
+    import splml
+
+    provenance = json.loads((trained_run / "results.json").read_text())["provenance"]
+    assert provenance["versions"] == {
+        "splml": splml.__version__, "torch": torch.__version__, "lightning": lightning.__version__,
+        "timm": timm.__version__, "torchmetrics": torchmetrics.__version__, "python": provenance["versions"]["python"],
+    }  # fmt: skip
+    source = Path(splml.__file__).resolve().parents[2]
+    git = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+    assert provenance["git"]["commit"] == git.stdout.strip() and isinstance(provenance["git"]["dirty"], bool)
+    assert provenance["device"] == "cpu" and provenance["precision"] == "32-true" and provenance["world_size"] == 1
+    assert provenance["host"] and provenance["command"][1:4] == TINY[:3]
+    trainer = provenance["trainer"]
+    assert (
+        trainer["_target_"] == "lightning.Trainer" and trainer["max_epochs"] == 2 and trainer["deterministic"] is True
+    )
+
+
 def test_eval_from_checkpoint_reproduces_test_metrics(trained_run, tmp_path):
     out = tmp_path / "eval.json"
     _run("splml.eval", f"ckpt_path={trained_run / 'checkpoints' / 'best.ckpt'}", f"output_file={out}",

@@ -1,76 +1,28 @@
-"""Turn a composed Hydra config into the objects of a run (shared by train and eval)."""
+"""Turn a composed Hydra config into the objects of a run (shared by train, eval and the loading of checkpoints)."""
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from splml.data.datamodules.reben import ReBENDataModule
+from splml.config import CHOICE_GROUPS, config_dir, project_root, register_resolvers  # noqa: F401 - re-exported
+from splml.data.datamodules.base import SplitDataModule
+from splml.io.checkpoint import DataSpec
 from splml.methods.base import SPMLLoss
 from splml.methods.registry import loss_names
+from splml.models.backbone import feature_width
 from splml.models.model import SPMLModel
 from splml.models.projection import RetrievalModel
-from splml.module import SPMLTrainingModule
-from splml.utils.naming import method_name
 
 log = logging.getLogger(__name__)
 
-#: The config groups whose choice identifies a run (recorded in results.json and logger tags).
-CHOICE_GROUPS = ("task", "dataset", "labels", "loss", "backbone", "head", "trainer", "logger", "experiment", "ablation")
-
 #: The task of a config without a ``task`` node (checkpoints written before tasks existed).
 DEFAULT_TASK = {"name": "classification", "module": {"_target_": "splml.module.SPMLModule"}}
-
-
-def project_root() -> Path:
-    """The repository root (parent of ``conf/``), found from this file's location."""
-    return Path(__file__).resolve().parents[2]
-
-
-def config_dir() -> Path:
-    """Where Hydra's config tree lives; ``SPLML_CONFIG_DIR`` overrides for installed copies."""
-    import os
-
-    return Path(os.environ.get("SPLML_CONFIG_DIR", project_root() / "conf")).resolve()
-
-
-def register_resolvers() -> None:
-    """OmegaConf resolvers used by the config tree (idempotent)."""
-    if not OmegaConf.has_resolver("splml_root"):
-        OmegaConf.register_new_resolver("splml_root", lambda: str(project_root()))
-    if not OmegaConf.has_resolver("splml_tags"):
-        OmegaConf.register_new_resolver("splml_tags", _flatten_tags)
-    if not OmegaConf.has_resolver("splml_method"):
-        OmegaConf.register_new_resolver("splml_method", method_name)
-    if not OmegaConf.has_resolver("splml_mkdir"):
-        OmegaConf.register_new_resolver("splml_mkdir", _mkdir)
-    if not OmegaConf.has_resolver("splml_job_dir"):
-        from splml.runs import job_dir_name
-
-        OmegaConf.register_new_resolver("splml_job_dir", job_dir_name)
-
-
-def _mkdir(path: str) -> str:
-    """Create ``path`` (for files whose writers do not create folders, like SQLite) and return it."""
-    Path(path).mkdir(parents=True, exist_ok=True)
-    return str(path)
-
-
-def _flatten_tags(*parts: Any) -> list[str]:
-    """Logger tags from group choices and the user's ``tags`` list, without empties or repeats."""
-    out: list[str] = []
-    for part in parts:
-        items = list(part) if isinstance(part, (list, tuple)) or OmegaConf.is_list(part) else [part]
-        for item in items:
-            if item not in (None, "") and str(item) not in out:
-                out.append(str(item))
-    return out
 
 
 def task_config(cfg: DictConfig) -> DictConfig:
@@ -79,7 +31,7 @@ def task_config(cfg: DictConfig) -> DictConfig:
     return task if task is not None else OmegaConf.create(DEFAULT_TASK)
 
 
-def build_datamodule(cfg: DictConfig) -> ReBENDataModule:
+def build_datamodule(cfg: DictConfig) -> SplitDataModule:
     labels = instantiate(cfg.labels)
     datamodule = instantiate(cfg.dataset.datamodule, labels=labels, _convert_="all")
     views = task_config(cfg).get("train_views", 1)
@@ -88,23 +40,54 @@ def build_datamodule(cfg: DictConfig) -> ReBENDataModule:
     return datamodule
 
 
-def build_backbone(cfg: DictConfig, datamodule: ReBENDataModule) -> tuple[Any, int]:
-    """The backbone for the data's channels, and its feature width."""
-    backbone = instantiate(cfg.backbone, in_chans=datamodule.num_channels)
-    num_features = getattr(backbone, "num_features", None)
-    if num_features is None:
-        raise ValueError(f"backbone {cfg.backbone} does not expose num_features")
-    return backbone, int(num_features)
+def build_data_spec(cfg: DictConfig, datamodule: Any) -> DataSpec:
+    """What the trained network takes and gives (:class:`~splml.io.checkpoint.DataSpec`), from the
+    datamodule's ``input_spec()`` and the run's task, backbone and head; recorded in every checkpoint."""
+    describe = getattr(datamodule, "input_spec", None)
+    if describe is None:
+        raise TypeError(
+            f"{type(datamodule).__name__} does not describe its input (input_spec(): classes, bands, normalisation, "
+            "image size); every datamodule must, so that its checkpoints can be used without the data"
+        )
+    task = task_config(cfg)
+    head = task.projection if task.name == "retrieval" else cfg.head
+    return DataSpec(
+        task=str(task.name), backbone=str(cfg.backbone.get("name", cfg.backbone.get("_target_"))),
+        head=str(head.get("_target_", "?")).rsplit(".", 1)[-1], **describe(),
+    )  # fmt: skip
 
 
-def build_model(cfg: DictConfig, datamodule: ReBENDataModule) -> SPMLModel:
-    backbone, num_features = build_backbone(cfg, datamodule)
-    head = instantiate(cfg.head, in_features=num_features, num_classes=datamodule.num_classes)
+def without_initial_weights(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with the backbone built from scratch: the weights about to be loaded replace any start weights.
+
+    A checkpoint's config may name the file its backbone started from (``backbone.weights_path``),
+    which need not exist where the checkpoint is used.
+    """
+    cfg = cfg.copy()
+    with open_dict(cfg.backbone):
+        cfg.backbone.pretrained = False
+        cfg.backbone.weights_path = None
+    return cfg
+
+
+def build_backbone(cfg: DictConfig, data: Any) -> tuple[Any, int]:
+    """The backbone for the data's channels and image size, and its feature width.
+
+    ``data`` is a datamodule or a :class:`~splml.io.checkpoint.DataSpec` (``num_channels``,
+    ``num_classes``, ``class_names``, ``image_size``): a model is built the same way from either.
+    """
+    backbone = instantiate(cfg.backbone, in_chans=data.num_channels, image_size=getattr(data, "image_size", None))
+    return backbone, feature_width(backbone)
+
+
+def build_model(cfg: DictConfig, data: Any) -> SPMLModel:
+    backbone, num_features = build_backbone(cfg, data)
+    head = instantiate(cfg.head, in_features=num_features, num_classes=data.num_classes)
     return SPMLModel(backbone, head)
 
 
-def build_retrieval_model(cfg: DictConfig, datamodule: ReBENDataModule) -> RetrievalModel:
-    backbone, num_features = build_backbone(cfg, datamodule)
+def build_retrieval_model(cfg: DictConfig, data: Any) -> RetrievalModel:
+    backbone, num_features = build_backbone(cfg, data)
     task = task_config(cfg)
     projection = instantiate(task.projection, in_features=num_features)
     return RetrievalModel(backbone, projection, embedding=task.embedding)
@@ -169,20 +152,21 @@ def optim_arguments(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
-def _build_classification(cfg: DictConfig, datamodule: ReBENDataModule, loss: SPMLLoss) -> SPMLTrainingModule:
+def _build_classification(cfg: DictConfig, data: Any, loss: SPMLLoss) -> L.LightningModule:
     return instantiate(
-        task_config(cfg).module, model=build_model(cfg, datamodule), loss=loss, num_classes=datamodule.num_classes,
-        class_names=list(datamodule.class_names), threshold=cfg.optim.threshold, **optim_arguments(cfg),
+        task_config(cfg).module, model=build_model(cfg, data), loss=loss, num_classes=data.num_classes,
+        class_names=list(data.class_names), threshold=cfg.optim.threshold, **optim_arguments(cfg),
         _convert_="all",
     )  # fmt: skip
 
 
-def _build_retrieval(cfg: DictConfig, datamodule: ReBENDataModule, loss: SPMLLoss) -> SPMLTrainingModule:
+def _build_retrieval(cfg: DictConfig, data: Any, loss: SPMLLoss) -> L.LightningModule:
     # optim.threshold, the decision threshold of classification F1, is not passed: retrieval only ranks.
+    # Without a datamodule (a model rebuilt from its checkpoint) there is no database to evaluate against.
     return instantiate(
-        task_config(cfg).module, model=build_retrieval_model(cfg, datamodule), loss=loss,
-        database=datamodule.database_dataloader, num_classes=datamodule.num_classes,
-        class_names=list(datamodule.class_names), **optim_arguments(cfg), _convert_="all",
+        task_config(cfg).module, model=build_retrieval_model(cfg, data), loss=loss,
+        database=getattr(data, "database_dataloader", None), num_classes=data.num_classes,
+        class_names=list(data.class_names), **optim_arguments(cfg), _convert_="all",
     )  # fmt: skip
 
 
@@ -219,14 +203,17 @@ def loss_config(name: str, *overrides: str) -> DictConfig:
         return compose(config_name=None, overrides=[f"+loss={name}", *overrides])
 
 
-def build_module(cfg: DictConfig, datamodule: ReBENDataModule) -> SPMLTrainingModule:
-    """The LightningModule of the run's task (``task.name``), with the model and loss of the config."""
+def build_module(cfg: DictConfig, data: Any) -> L.LightningModule:
+    """The LightningModule of the run's task (``task.name``), with the model and loss of the config.
+
+    ``data`` is the run's datamodule, or the :class:`~splml.io.checkpoint.DataSpec` of a checkpoint.
+    """
     task = str(task_config(cfg).name)
     if task not in TASK_BUILDERS:
         raise ValueError(f"task.name={task!r} is not a task; known: {sorted(TASK_BUILDERS)}")
     loss = instantiate(cfg.loss)
     check_loss_fits_task(loss, task)
-    return TASK_BUILDERS[task](cfg, datamodule, loss)
+    return TASK_BUILDERS[task](cfg, data, loss)
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:

@@ -15,13 +15,19 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
+from splml.schema import validate_config
+
 
 def check_run_config(cfg: DictConfig, *, training: bool = True) -> None:
     """Raise ValueError naming the first config value that cannot work.
 
-    ``training=False`` (evaluation) checks only what evaluation uses: the data settings.
+    First the constraints of the structured configs (:func:`splml.schema.validate_config`: trainer,
+    optim, datamodule), then what depends on several keys. ``training=False`` (evaluation) checks
+    only what evaluation uses: the data settings.
     """
-    datamodule = cfg.dataset.get("datamodule") or {}
+    validate_config(cfg, only=None if training else ("dataset",))
+    dataset = cfg.get("dataset") or {}
+    datamodule = dataset.get("datamodule") or {}
     if "image_size" in datamodule:
         _require_positive_int(
             "dataset.datamodule.image_size", datamodule.image_size, "the network input side in pixels"

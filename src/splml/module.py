@@ -14,12 +14,14 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from torch import Tensor, nn
 
+from splml.io.checkpoint import CONFIG_KEY, OVERRIDES_KEY, DataSpec, write_data_spec
 from splml.methods.base import LossContext, SPMLLoss
 from splml.metrics import MultiLabelMetricAccumulator
 from splml.optim import OptimizerFactory, RunLength, SchedulerFactory, build_scheduler, named_parameter_groups
@@ -66,6 +68,9 @@ class SPMLTrainingModule(L.LightningModule):
         #: The job's identity overrides (splml.runs), saved in every checkpoint so that a re-run
         #: sweep recognises the interrupted run of a job.
         self.run_overrides: list[str] | None = None
+        #: What the network takes and gives (classes, bands, normalisation, image size); saved in
+        #: every checkpoint so that the model can be rebuilt and used without the dataset.
+        self.data_spec: DataSpec | None = None
         # Per-epoch counts (selected, correct, hidden positives) of a loss's pseudo-positives.
         self._pseudo_counts: Tensor | None = None
 
@@ -140,9 +145,24 @@ class SPMLTrainingModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.run_config is not None:
-            checkpoint["splml_config"] = self.run_config
+            checkpoint[CONFIG_KEY] = self.run_config
         if self.run_overrides is not None:
-            checkpoint["splml_overrides"] = self.run_overrides
+            checkpoint[OVERRIDES_KEY] = self.run_overrides
+        if self.data_spec is not None:
+            write_data_spec(checkpoint, self.data_spec)
+
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls, checkpoint_path: str | Path, map_location: Any = None, strict: bool | None = None, **kwargs: Any
+    ) -> SPMLTrainingModule:
+        """The module of a splml checkpoint, rebuilt from the config and data spec stored in it (no dataset
+        needed), in eval mode: see :func:`splml.inference.load_model` (``kwargs`` are not used)."""
+        from splml.inference import load_model
+
+        module = load_model(checkpoint_path, map_location=map_location or "cpu", strict=strict is not False)
+        if not isinstance(module, cls):
+            raise TypeError(f"{checkpoint_path} holds a {type(module).__name__}, not a {cls.__name__}")
+        return module
 
     # -- optimisation -----------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
@@ -197,6 +217,11 @@ class SPMLModule(SPMLTrainingModule):
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, self.test_metrics)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int = 0, dataloader_idx: int = 0) -> dict[str, Tensor]:
+        """``{"probs": B x L}`` (sigmoid of the logits, in the order of ``class_names``), with the batch's ``index``."""
+        probs = self.model(batch["image"])["logits"].float().sigmoid()
+        return {"probs": probs, "index": batch["index"]} if "index" in batch else {"probs": probs}
 
     def _log_metrics(self, prefix: str, metrics: MultiLabelMetricAccumulator) -> dict[str, float]:
         values = metrics.compute()

@@ -34,7 +34,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from splml.callbacks.label_quality import plot_label_quality
 from splml.io.run_folder import RESULTS_FILE, load_results, read_epoch_metrics
 from splml.runs import is_completed, override_key, recorded_overrides
 from splml.utils.naming import method_name
@@ -92,8 +91,17 @@ def find_results(paths: Sequence[str]) -> list[Path]:
 
 #: Overrides that do not make a different setting: the seed (what a group averages over), the
 #: groups already in the key, and those that change nothing a run computes.
-NOT_A_SETTING = ("seed", "skip_completed", "ckpt_path", "logger", "tags", "group", *GROUP_KEYS, "ablation", "head")
+NOT_A_SETTING = (
+    "seed", "skip_completed", "ckpt_path", "logger", "tags", "group", *GROUP_KEYS, "backbone.name", "ablation", "head",
+)  # fmt: skip
 NOT_A_SETTING_PREFIXES = ("paths.", "logger.", "hydra.")
+
+
+def run_backbone(result: dict[str, Any]) -> str:
+    """The network a run trained: ``backbone.name`` of its config (what ``backbone.name=`` set), else the
+    ``backbone`` option it chose (results written before the config was recorded)."""
+    name = ((result.get("config") or {}).get("backbone") or {}).get("name")
+    return str(name) if name else str((result.get("choices") or {}).get("backbone", "?"))
 
 
 def run_settings(run_dir: Path, result: dict[str, Any]) -> dict[str, str]:
@@ -130,7 +138,7 @@ def group_runs(files: Iterable[Path]) -> dict[tuple[str, ...], RunGroup]:
     for path in files:
         result = load_results(path)
         choices = result.get("choices") or {}
-        key = tuple(str(choices.get(k, "?")) for k in GROUP_KEYS)
+        key = tuple(str(choices.get(k, "?")) for k in GROUP_KEYS[:3]) + (run_backbone(result),)
         # A named variant (conf/ablation/) or another head is its own method, never averaged with the full loss.
         key = (key[0], key[1], method_name(key[2], choices.get("ablation"), choices.get("head")), key[3])
         settings = frozenset(run_settings(path.parent, result).items())
@@ -417,6 +425,9 @@ def write_plots(groups: dict[tuple[str, ...], RunGroup], metric: str, out: Path)
                  for g in sorted(members, key=lambda g: g.key[2:])]  # fmt: skip
         quality = [(name, pair) for name, pair in pairs if any(epochs for epochs, _ in pair)]
         if quality:
+            # Imported here: it brings Lightning, which the tables (and --help) do not need.
+            from splml.callbacks.label_quality import plot_label_quality
+
             fig = plot_label_quality(quality, f"{title}: quality of the labels added to the observed ones")
             written.append(save_figure(fig, out / f"label_quality_{suffix}.png"))
     return written
@@ -437,7 +448,7 @@ def write_csv(groups: dict[tuple[str, ...], RunGroup], metrics: Sequence[str], p
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m splml.report", description=__doc__,
+    parser = argparse.ArgumentParser(prog="splml-report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("paths", nargs="+", help="run or sweep folders, results.json files, or globs")
     parser.add_argument("--metrics", nargs="+", default=None,

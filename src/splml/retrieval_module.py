@@ -42,7 +42,7 @@ class RetrievalModule(SPMLTrainingModule):
         self,
         model: nn.Module,
         loss: SPMLLoss,
-        database: DatabaseLoader,
+        database: DatabaseLoader | None,
         num_classes: int,
         class_names: Sequence[str] | None = None,
         ks: Sequence[int | str] = DEFAULT_KS,
@@ -78,9 +78,19 @@ class RetrievalModule(SPMLTrainingModule):
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._embed(batch, self.test_queries)
 
+    def predict_step(self, batch: dict[str, Any], batch_idx: int = 0, dataloader_idx: int = 0) -> dict[str, Any]:
+        """``{"embedding": B x D}`` (L2-normalised, what retrieval ranks by), with the batch's ``index``."""
+        embedding = self.model(batch["image"])["embedding"].float()
+        return {"embedding": embedding, "index": batch["index"]} if "index" in batch else {"embedding": embedding}
+
     @torch.no_grad()
     def embed_database(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, DataLoader]:
         """Embeddings, full labels and dataset indices of the whole database (on every rank), and its loader."""
+        if self.database is None:
+            raise RuntimeError(
+                "this retrieval module has no database (it was loaded from a checkpoint without its data): evaluate "
+                "it with splml-eval, which rebuilds the run's training split as the database"
+            )
         world = self.trainer.world_size if self._trainer is not None else 1
         loader = self.database(self.global_rank, world)
         was_training = self.model.training

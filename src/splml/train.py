@@ -3,8 +3,9 @@
 Writes into the run directory: the resolved config (``.hydra/``), checkpoints (``best.ckpt``
 chosen on the task's validation metric, ``callbacks.model_checkpoint.monitor``; ``last.ckpt``
 for resuming), metrics per epoch (``csv/``), the observed training labels, and ``results.json``
-with the test metrics of the best checkpoint. The task (``task=``) decides the model and the
-evaluation; this script only runs it.
+with the test metrics of the best checkpoint and the run's provenance. The task (``task=``)
+decides the model and the evaluation; this script only runs it. Lightning, torch and the
+models are imported once Hydra has parsed the command line, so ``--help`` answers at once.
 """
 
 from __future__ import annotations
@@ -17,20 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from splml.builders import (
-    CHOICE_GROUPS,
-    build_callbacks,
-    build_datamodule,
-    build_loggers,
-    build_module,
-    config_dir,
-    register_resolvers,
-)
+from splml.config import CHOICE_GROUPS, answer_help, config_dir, is_source_checkout, project_root, register_resolvers
 from splml.config_checks import check_run_config
 from splml.io.run_folder import RESULTS_FILE, load_checkpoint, write_results
 from splml.runs import JobPlan, identity_overrides, plan_job
@@ -61,8 +53,17 @@ def job_overrides() -> list[str] | None:
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit, test the best checkpoint, and write ``results.json``; returns its content."""
-    check_run_config(cfg)
+    """Fit, test the best checkpoint, and write ``results.json``; returns its content.
+
+    Under ``trainer.fast_dev_run`` (``debug=fdr``) Lightning runs a few batches without saving
+    checkpoints: the test then uses the weights as they are, and ``results.json`` says so.
+    """
+    check_run_config(cfg)  # before anything heavy is imported: a bad value fails at once, naming its key
+    import lightning as L
+
+    from splml.builders import build_callbacks, build_data_spec, build_datamodule, build_loggers, build_module
+    from splml.provenance import run_provenance
+
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
@@ -74,6 +75,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     module = build_module(cfg, datamodule)
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
     module.run_overrides = job_overrides()
+    module.data_spec = build_data_spec(cfg, datamodule)
     callbacks = build_callbacks(cfg) + module.loss.callbacks(
         num_samples=len(datamodule.datasets["train"]), num_classes=datamodule.num_classes
     )
@@ -88,11 +90,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     best = next((c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None)), None)
     if best is None:
         raise ValueError("no ModelCheckpoint with a monitor in callbacks: the best checkpoint cannot be chosen")
+    fast_dev_run = bool(trainer.fast_dev_run)
     best_path, best_score = best.best_model_path, best.best_model_score
-    if not best_path:
-        raise RuntimeError("no best checkpoint was written: is validation running (limit_val_batches > 0)?")
-    trainer.test(module, datamodule=datamodule, ckpt_path=best_path)
-    best_ckpt = _read_best_epoch(best_path)
+    if fast_dev_run:  # Lightning saves no checkpoint in a fast_dev_run: test the weights as they are
+        trainer.test(module, datamodule=datamodule)
+        best_path, best_score, best_ckpt = "", None, None
+    else:
+        if not best_path:
+            raise RuntimeError("no best checkpoint was written: is validation running (limit_val_batches > 0)?")
+        trainer.test(module, datamodule=datamodule, ckpt_path=best_path)
+        best_ckpt = _read_best_epoch(best_path)
 
     results: dict[str, Any] = {
         **_finite(module.last_test_metrics),
@@ -101,7 +108,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "best_metric": best.monitor,
         "summary_metrics": list(module.summary_metrics),
         "best_epoch": best_ckpt,
-        "best_checkpoint": str(best_path),
+        "best_checkpoint": str(best_path) if best_path else None,
         "seed": int(cfg.seed),
         "choices": run_choices(cfg),
         "overrides": job_overrides(),
@@ -115,7 +122,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "epochs_run": int(trainer.current_epoch),
         "wall_time_s": round(time.time() - started, 1),
         "status": "completed",
+        "provenance": run_provenance(
+            code_dir=project_root() if is_source_checkout() else None,
+            device=trainer.strategy.root_device,
+            precision=str(trainer.precision),
+            trainer=OmegaConf.to_container(cfg.trainer, resolve=True),
+            world_size=trainer.world_size,
+        ),
     }
+    if fast_dev_run:
+        results["fast_dev_run"] = True
     if trainer.is_global_zero:
         write_results(output_dir / RESULTS_FILE, results)
         summary = " | ".join(f"{k} {results[k]:.2f}" for k in module.summary_metrics if results.get(k) is not None)
@@ -181,5 +197,11 @@ def main(cfg: DictConfig) -> float | None:
     return best_score(results)
 
 
+def cli() -> None:
+    """``splml-train``: the command line (a quick ``--help``, then Hydra)."""
+    if not answer_help("train", "splml-train", "train one model (or a sweep with -m); writes a run folder"):
+        main()
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -209,10 +209,10 @@ class _CountingGenerator:
         self.lock = threading.Lock()
         self.real = synthetic.generate_synthetic_reben
 
-    def __call__(self, root: Path, cfg: SyntheticConfig, progress: bool = True) -> Path:
+    def __call__(self, root: Path, cfg: SyntheticConfig, progress: bool = True, first: dict | None = None) -> Path:
         with self.lock:
             self.calls += 1
-        return self.real(root, cfg, progress=False)
+        return self.real(root, cfg, progress=False, first=first)
 
 
 def test_ensure_synthetic_generates_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -266,7 +266,7 @@ def test_interrupted_generation_is_not_finished(tmp_path: Path, monkeypatch: pyt
 
 
 def test_failed_generation_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def crash(root: Path, cfg: SyntheticConfig, progress: bool = True) -> Path:
+    def crash(root: Path, cfg: SyntheticConfig, progress: bool = True, first: dict | None = None) -> Path:
         (Path(root) / LMDB_DIR).mkdir(parents=True)
         raise KeyboardInterrupt
 
@@ -301,3 +301,26 @@ def test_label_statistics_and_band_ranges(tmp_path: Path) -> None:
             sums[band] = sums.get(band, 0.0) + float(arr.astype(np.float64).mean()) / 100
     for band, (mean, std) in BAND_STATS.items():
         assert abs(sums[band] - mean) < 0.5 * std, (band, sums[band], mean)
+
+
+def test_the_first_patches_of_a_dataset_are_its_own_patches_byte_for_byte(tmp_path: Path, tiny: Path) -> None:
+    """``first`` (what a run with max_samples uses) writes those patches only, identical to the whole dataset's."""
+    first = {"train": 2, "validation": 1, "test": 3}
+    part = generate_synthetic_reben(tmp_path / "part", TINY, progress=False, first=first)
+    whole_rows = pq.read_table(tiny / METADATA_FILE).to_pylist()
+    expected = [row for split in first for row in [r for r in whole_rows if r["split"] == split][: first[split]]]
+    assert pq.read_table(part / METADATA_FILE).to_pylist() == expected
+    whole, values = _read_lmdb(tiny), _read_lmdb(part)
+    assert len(values) == 3 * sum(first.values())  # S2, S1 and the reference map of each
+    assert values and all(whole[key] == value for key, value in values.items())
+
+
+def test_ensure_synthetic_keeps_a_part_beside_the_whole_and_the_whole_under_its_own_name(tmp_path: Path) -> None:
+    cfg = SyntheticConfig(n_train=3, n_validation=1, n_test=1, seed=9)
+    part = ensure_synthetic(tmp_path, cfg, first={"train": 2, "validation": None, "test": 5})
+    assert part.name == f"reben-synthetic-{cfg.cache_key()}-first-2-1-1" and is_complete(part)
+    assert pq.read_table(part / METADATA_FILE).num_rows == 4
+    # Caps that keep every patch are the whole dataset, under the name it always had.
+    assert ensure_synthetic(tmp_path, cfg, first={"train": 3, "validation": 10, "test": None}) == synthetic_root(
+        tmp_path, cfg
+    )

@@ -13,20 +13,17 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from splml.annotate.items import AnnotationItems, items_from_datamodule
-from splml.annotate.server import AnnotationServer, is_loopback
-from splml.annotate.session import AnnotationSession
-from splml.annotate.shards import check_shard_file, shard_info
-from splml.builders import config_dir, register_resolvers
-from splml.data.labels import FullLabels
+from splml.config import answer_help, config_dir, register_resolvers
 from splml.io.label_files import AnnotationFileBusy, AnnotationLog, LabelFileError, ShardInfo
+
+if TYPE_CHECKING:
+    from splml.annotate.items import AnnotationItems
+    from splml.annotate.server import AnnotationServer
 
 log = logging.getLogger("splml.annotate")
 register_resolvers()
@@ -80,6 +77,12 @@ if not OmegaConf.has_resolver("splml_annotate_next_steps"):
 
 def build_items(cfg: DictConfig) -> AnnotationItems:
     """The images to annotate for the composed config's dataset."""
+    # torch and the datasets load here, after Hydra has parsed the command line (a fast --help).
+    from hydra.utils import instantiate
+
+    from splml.annotate.items import items_from_datamodule
+    from splml.data.labels import FullLabels
+
     # The label source plays no part in which images there are; full labels need no file.
     datamodule = instantiate(cfg.dataset.datamodule, labels=FullLabels(), _convert_="all")
     return items_from_datamodule(datamodule, stretch=tuple(cfg.stretch))
@@ -87,6 +90,10 @@ def build_items(cfg: DictConfig) -> AnnotationItems:
 
 def open_server(cfg: DictConfig, overrides: Sequence[str] = ()) -> AnnotationServer:
     """Everything but serving: the items (this shard's), the locked annotation file, the session, the bound socket."""
+    from splml.annotate.server import AnnotationServer, is_loopback
+    from splml.annotate.session import AnnotationSession
+    from splml.annotate.shards import check_shard_file, shard_info
+
     out = cfg.out  # a missing out= fails before the dataset is read
     items = build_items(cfg)
     shard = None
@@ -140,6 +147,8 @@ def open_server(cfg: DictConfig, overrides: Sequence[str] = ()) -> AnnotationSer
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="annotate")
 def main(cfg: DictConfig) -> None:
     try:
+        from hydra.core.hydra_config import HydraConfig
+
         server = open_server(cfg, list(HydraConfig.get().overrides.task))
     except (AnnotationFileBusy, LabelFileError, OSError, ValueError) as exc:
         # Expected situations with a message that says what to do: no traceback.
@@ -164,5 +173,21 @@ def main(cfg: DictConfig) -> None:
         session.log.close()
 
 
+def _help_epilogue(cfg: DictConfig, overrides: list[str]) -> str:
+    """``--help``'s last part: the commands that take the file made with these options to training."""
+    shard = OmegaConf.select(cfg, "shard", default=None)
+    fake = ShardInfo(1, int(str(shard).split("/")[-1]), 0, 0, 0, 0, "") if shard else None
+    out = OmegaConf.select(cfg, "out", default=None, throw_on_missing=False) or "<out.csv>"
+    steps = next_steps(overrides, str(out), fake)
+    return "With these options, the finished file goes to training with:\n" + "\n".join("  " + s for s in steps)
+
+
+def cli() -> None:
+    """``splml-annotate``: the command line (a quick ``--help``, then Hydra)."""
+    summary = "label the training images by hand on a local web page (the file is what labels=manual reads)"
+    if not answer_help("annotate", "splml-annotate", summary, epilogue=_help_epilogue):
+        main()
+
+
 if __name__ == "__main__":
-    main()
+    cli()

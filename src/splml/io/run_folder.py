@@ -2,7 +2,7 @@
 
 ``results.json`` (written atomically, read leniently by sweeps and strictly by the report),
 ``csv/metrics.csv`` (Lightning's CSV log: per-epoch curves and the rows a resumed run carries
-over), ``checkpoints/*.ckpt`` (loaded memory-mapped: entries without reading the tensors),
+over), ``checkpoints/*.ckpt`` (:mod:`splml.io.checkpoint`, re-exported here),
 ``.hydra/overrides.yaml`` and the small CSV tables a run writes next to it.
 """
 
@@ -15,6 +15,9 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
+
+# Checkpoints have their own owner (what splml stores in them: config, data spec, logger runs).
+from splml.io.checkpoint import load_checkpoint  # noqa: F401 - re-exported for the readers of run folders
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +68,6 @@ def read_results(path: Path) -> dict[str, Any] | None:
     except RunFolderError as exc:
         log.warning("unreadable %s (%s): the run counts as not completed", path, str(exc).removeprefix(f"{path}: "))
         return None
-
-
-# -- checkpoints ---------------------------------------------------------------------------------
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """A checkpoint's entries without reading its tensors into memory (they are memory-mapped)."""
-    import torch
-
-    return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
 
 
 # -- csv/metrics.csv -----------------------------------------------------------------------------

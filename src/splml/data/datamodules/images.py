@@ -12,6 +12,9 @@ import numpy as np
 
 from splml.data.datamodules.base import SplitDataModule
 from splml.data.datasets.images import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    RGB_BANDS,
     MultiLabelImageDataset,
     RecordedImageAugment,
     SplitSource,
@@ -91,6 +94,15 @@ class ImageDataModule(SplitDataModule, ABC):
     @property
     def num_channels(self) -> int:
         return 3
+
+    def input_spec(self) -> dict[str, Any]:
+        """What the network reads (:class:`splml.io.checkpoint.DataSpec`): 8-bit RGB scaled to [0, 1] and
+        normalised with the ImageNet statistics, the whole image resized to ``image_size``."""
+        return {
+            "class_names": tuple(self.class_names), "bands": RGB_BANDS, "image_size": self.image_size,
+            "resize": self.interpolation, "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "value_scale": 1 / 255,
+            "value_range": {"rgb": (0.0, 255.0)}, "input_format": "rgb",
+        }  # fmt: skip
 
     # -- shared helpers for readers ----------------------------------------------------------
     def resolve_root(self) -> Path:

@@ -14,9 +14,11 @@ from splml.data.datasets.reben import ReBENDataset
 from splml.data.synthetic import SyntheticConfig, ensure_synthetic
 from splml.data.transforms import RecordedSpatialAugment
 from splml.io.reben.format import (
+    BAND_STATS,
     CLASS_NAMES,
     METADATA_FILE,
     PATCH_SIZE,
+    SPLITS,
     VALUE_RANGES,
     resolve_band_set,
     resolve_value_range,
@@ -70,6 +72,16 @@ class ReBENDataModule(SplitDataModule):
     def num_channels(self) -> int:
         return len(self.bands)
 
+    def input_spec(self) -> dict[str, Any]:
+        """What the network reads (:class:`splml.io.checkpoint.DataSpec`): the bands in channel order with the
+        official statistics they are normalised with, the accepted raw values, the size and the upsampling."""
+        return {
+            "class_names": CLASS_NAMES, "bands": self.bands, "image_size": int(self.image_size),
+            "resize": self.upsampling, "mean": tuple(BAND_STATS[b][0] for b in self.bands),
+            "std": tuple(BAND_STATS[b][1] for b in self.bands), "value_scale": 1.0,
+            "value_range": dict(self.value_range), "input_format": "reben",
+        }  # fmt: skip
+
     # -- setup ------------------------------------------------------------------------------
     def resolve_root(self) -> Path:
         if self.root is None:
@@ -110,7 +122,11 @@ class ReBENDataModule(SplitDataModule):
 
 
 class SyntheticReBENDataModule(ReBENDataModule):
-    """The embedded synthetic dataset: reBEN files generated on first use into ``cache_dir``."""
+    """The embedded synthetic dataset: reBEN files generated on first use into ``cache_dir``.
+
+    With ``max_samples`` only the patches a run uses are generated (the first N of each split,
+    byte for byte those of the whole dataset, cached beside it); without, the whole dataset.
+    """
 
     def __init__(self, cache_dir: str | Path, synthetic: dict[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(root=None, **kwargs)
@@ -122,5 +138,6 @@ class SyntheticReBENDataModule(ReBENDataModule):
 
     def resolve_root(self) -> Path:
         if self.root is None:
-            self.root = ensure_synthetic(self.cache_dir, SyntheticConfig(**self.synthetic))
+            first = {split: self.split_cap(split) for split in SPLITS}
+            self.root = ensure_synthetic(self.cache_dir, SyntheticConfig(**self.synthetic), first=first)
         return self.root

@@ -35,6 +35,8 @@ from splml.io.errors import DataFormatError
 #: ImageNet statistics (RGB, on [0, 1]): every pretrained RGB backbone of timm expects them.
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+#: The channels of an RGB image, as a trained network's data spec names them.
+RGB_BANDS: tuple[str, str, str] = ("R", "G", "B")
 
 #: File suffixes treated as images when folders are indexed (compared lower-case).
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
@@ -92,6 +94,15 @@ def render_view(
     x0, y0 = round(left * sx), round(top * sy)
     x1, y1 = max(round((left + w) * sx), x0 + 1), max(round((top + h) * sy), y0 + 1)
     return image.crop((x0, y0, x1, y1)).resize((size, size), resample)
+
+
+def to_network_input(
+    pixels: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> torch.Tensor:
+    """An ``S x S x 3`` uint8 view as the network reads it: ``3 x S x S`` float32 in [0, 1], then ``(x - mean) / std``."""
+    # A copy: a decoded image's array may be read-only, which torch.from_numpy warns about.
+    scaled = torch.from_numpy(np.array(pixels)).permute(2, 0, 1).float().div_(255.0)
+    return ((scaled - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)).contiguous()
 
 
 def build_photometric(spec: Sequence[dict[str, Any]] | None) -> Any:
@@ -234,8 +245,6 @@ class MultiLabelImageDataset(torch.utils.data.Dataset):
         self.class_names = (
             tuple(class_names) if class_names is not None else tuple(str(c) for c in range(targets.shape[1]))
         )
-        self._mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-        self._std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
     def __len__(self) -> int:
         return len(self.image_paths)
@@ -252,8 +261,7 @@ class MultiLabelImageDataset(torch.utils.data.Dataset):
         item = sample_item(key, self.read_image, self.targets, self.observed, self.transform)
         if self.transform is None:
             item["image"] = np.array(render_view(item["image"], self.image_size, None, self.resample), dtype=np.uint8)
-        pixels = torch.from_numpy(item["image"]).permute(2, 0, 1).float().div_(255.0)
-        item["image"] = ((pixels - self._mean) / self._std).contiguous()
+        item["image"] = to_network_input(item["image"])
         return item
 
     def set_observed(self, observed: np.ndarray) -> None:

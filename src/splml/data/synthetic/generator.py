@@ -7,14 +7,14 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Final
 
 from splml.data.synthetic.config import GENERATOR_VERSION, SyntheticConfig
 from splml.data.synthetic.scene import PatchHeader, generate_scene, plan_headers
-from splml.io.reben.format import CLASS_NAMES, METADATA_FILE, PATCH_SIZE, S1_BANDS, S2_BAND_SIZES, PatchKeys
+from splml.io.reben.format import CLASS_NAMES, METADATA_FILE, PATCH_SIZE, S1_BANDS, S2_BAND_SIZES, SPLITS, PatchKeys
 from splml.io.reben.metadata import write_metadata
 from splml.io.reben.writer import ReBENWriter
 
@@ -39,13 +39,17 @@ def _chunks(items: list[PatchHeader], size: int) -> Iterator[list[PatchHeader]]:
         yield items[start : start + size]
 
 
-def generate_synthetic_reben(root: Path, cfg: SyntheticConfig, progress: bool = True) -> Path:
+def generate_synthetic_reben(
+    root: Path, cfg: SyntheticConfig, progress: bool = True, first: Mapping[str, int] | None = None
+) -> Path:
     """Write a synthetic reBEN dataset: ``root/lmdb/`` (data.mdb) and ``root/metadata.parquet``.
 
     The files follow the official format exactly (they are written by the same
     :class:`~splml.io.reben.writer.ReBENWriter` as the GeoTIFF encoder's), so the real reader
     is exercised by every test and experiment that uses them. ``root`` must not already hold a
-    dataset (refusing avoids silently mixing two generations). Returns ``root``.
+    dataset (refusing avoids silently mixing two generations). ``first`` (``{split: k}``) writes
+    only the first k patches of those splits: byte for byte the same patches as in the dataset of
+    ``cfg``, which is planned whole. Returns ``root``.
     """
     root = Path(root)
     lmdb_dir = root / LMDB_DIR
@@ -53,6 +57,8 @@ def generate_synthetic_reben(root: Path, cfg: SyntheticConfig, progress: bool = 
         raise FileExistsError(f"{root} already holds a dataset; remove it or choose another folder")
 
     headers = plan_headers(cfg)
+    if first:
+        headers = [h for h in headers if h.index < first.get(h.split, h.index + 1)]
     by_id = sorted(headers, key=lambda h: h.patch_id)  # write in key order
     labels_of: dict[str, list[int]] = {}
     map_size = int(len(headers) * (_bytes_per_patch(cfg.with_reference_maps) + 64 * 1024) * 1.5) + (64 << 20)
@@ -98,9 +104,26 @@ def _metadata_row(h: PatchHeader, labels: list[int]) -> dict[str, object]:
 # --------------------------------------------------------------------------------------------
 # Cache
 # --------------------------------------------------------------------------------------------
-def synthetic_root(cache_dir: Path, cfg: SyntheticConfig) -> Path:
-    """Where :func:`ensure_synthetic` keeps the dataset of ``cfg`` (it may not exist yet)."""
-    return Path(cache_dir) / f"reben-synthetic-{cfg.cache_key()}"
+def synthetic_root(cache_dir: Path, cfg: SyntheticConfig, first: Mapping[str, int] | None = None) -> Path:
+    """Where :func:`ensure_synthetic` keeps the dataset of ``cfg`` (it may not exist yet).
+
+    A part of it (``first``, see :func:`generate_synthetic_reben`) lives beside it, named by its
+    sizes: ``reben-synthetic-<key>-first-64-32-32`` (train, validation, test).
+    """
+    name = f"reben-synthetic-{cfg.cache_key()}"
+    counts = first_counts(cfg, first)
+    if counts is not None:
+        name += "-first-" + "-".join(str(counts[s]) for s in SPLITS)
+    return Path(cache_dir) / name
+
+
+def first_counts(cfg: SyntheticConfig, first: Mapping[str, int | None] | None) -> dict[str, int] | None:
+    """The patches per split that ``first`` keeps of ``cfg`` (None when it keeps every patch)."""
+    full = cfg.split_counts()
+    if not first:
+        return None
+    counts = {s: min(full[s], int(first[s])) if first.get(s) is not None else full[s] for s in SPLITS}
+    return None if counts == full else counts
 
 
 def is_complete(root: Path) -> bool:
@@ -113,8 +136,9 @@ def is_complete(root: Path) -> bool:
     )
 
 
-def ensure_synthetic(cache_dir: Path, cfg: SyntheticConfig) -> Path:
-    """Return the dataset root for ``cfg`` under ``cache_dir``, generating it on first use.
+def ensure_synthetic(cache_dir: Path, cfg: SyntheticConfig, first: Mapping[str, int | None] | None = None) -> Path:
+    """Return the dataset root for ``cfg`` (only its ``first`` patches per split, when given) under
+    ``cache_dir``, generating it on first use.
 
     Generation goes to a temporary sibling folder that is renamed into place only once it is
     complete, so a crash never leaves a half dataset that looks finished. An exclusive
@@ -122,7 +146,8 @@ def ensure_synthetic(cache_dir: Path, cfg: SyntheticConfig) -> Path:
     processes): the first generates, the others wait and then reuse its result.
     """
     cache_dir = Path(cache_dir)
-    final = synthetic_root(cache_dir, cfg)
+    counts = first_counts(cfg, first)
+    final = synthetic_root(cache_dir, cfg, counts)
     if is_complete(final):
         return final
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -139,8 +164,10 @@ def ensure_synthetic(cache_dir: Path, cfg: SyntheticConfig) -> Path:
                 shutil.rmtree(final)
             tmp = cache_dir / f"{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             try:
-                generate_synthetic_reben(tmp, cfg, progress=True)
+                generate_synthetic_reben(tmp, cfg, progress=True, first=counts)
                 marker = {"config": asdict(cfg), "generator_version": GENERATOR_VERSION}
+                if counts is not None:
+                    marker["first"] = counts
                 (tmp / COMPLETE_MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
                 os.rename(tmp, final)
             except BaseException:
