@@ -38,7 +38,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from splml.data.datasets.images import IMAGE_SUFFIXES, MultiLabelImageDataset, RecordedImageAugment
+from splml.data.datasets.images import (
+    IMAGE_SUFFIXES,
+    MultiLabelImageDataset,
+    RecordedImageAugment,
+    to_network_input,
+)
 from splml.data.transforms import BandHorizontalFlip, BandVerticalFlip, Box, FrameRandomResizedCrop, draw_crop_box
 from splml.io.errors import DataFormatError
 
@@ -211,9 +216,8 @@ class ImageNetDataset(MultiLabelImageDataset):
 
     def _eval_item(self, key: int | tuple[int, int, bool]) -> dict[str, Any]:
         index, _, padded = key if isinstance(key, tuple) else (key, None, False)
-        pixels = torch.from_numpy(self.eval_view(self.read_image(index))).permute(2, 0, 1).float().div_(255.0)
         return {
-            "image": ((pixels - self._mean) / self._std).contiguous(),
+            "image": to_network_input(self.eval_view(self.read_image(index))),
             "target": torch.from_numpy(self.targets[index].astype(np.float32)),
             "observed": torch.from_numpy(self.observed[index]),
             "index": index,
