@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from splml.data.datamodules.reben import ReBENDataModule
 from splml.methods.base import SPMLLoss
 from splml.methods.registry import loss_names
+from splml.models.acceleration import prepare_network
 from splml.models.model import SPMLModel
 from splml.models.projection import RetrievalModel
 from splml.module import SPMLTrainingModule
@@ -226,7 +227,11 @@ def build_module(cfg: DictConfig, datamodule: ReBENDataModule) -> SPMLTrainingMo
         raise ValueError(f"task.name={task!r} is not a task; known: {sorted(TASK_BUILDERS)}")
     loss = instantiate(cfg.loss)
     check_loss_fits_task(loss, task)
-    return TASK_BUILDERS[task](cfg, datamodule, loss)
+    module = TASK_BUILDERS[task](cfg, datamodule, loss)
+    # How the network runs (channels-last, torch.compile): models/acceleration.py, the model node.
+    model_options = cfg.get("model")
+    prepare_network(module.model, OmegaConf.to_container(model_options) if model_options is not None else None)
+    return module
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
