@@ -72,3 +72,14 @@ def test_compiled_network_gives_the_same_outputs_and_keeps_its_parameter_names()
     # Checkpoints stay those of the eager network: the same keys, loadable both ways.
     assert list(compiled.state_dict()) == list(eager.state_dict())
     eager.load_state_dict(compiled.state_dict())
+
+
+def test_a_copy_of_a_compiled_network_runs_eagerly_with_its_own_weights():
+    """AdaGC's EMA teacher is a deep copy of the network: it must not share the compiled student's call."""
+    compiled = prepare_network(_network(), {"compile": True})  # compiles lazily: nothing runs here
+    teacher = copy.deepcopy(compiled)
+    assert compiled._compiled_call_impl is not None and teacher._compiled_call_impl is None
+    with torch.no_grad():
+        for weight in teacher.parameters():
+            weight.zero_()
+    assert any(bool(w.abs().sum()) for w in compiled.parameters()), "the copy shares the student's weights"

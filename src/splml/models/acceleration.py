@@ -7,7 +7,8 @@
   parameter names, its ``state_dict`` and every checkpoint stay those of the eager network (a
   checkpoint trained compiled evaluates eagerly and the other way round). Only the network is
   compiled: the losses and the per-sample stores run outside its forward and stay eager. A deep
-  copy of the compiled network (AdaGC's EMA teacher) runs its own weights.
+  copy of the compiled network (AdaGC's EMA teacher) runs eagerly: the copy does not carry the
+  compilation.
 
 :func:`prepare_network` applies the run's ``model`` config node to the network of the
 training module, for ``splml.train`` and ``splml.eval`` alike.
