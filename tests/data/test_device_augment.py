@@ -124,3 +124,32 @@ def test_loader_options_reach_the_dataloader(tmp_path):
 def test_bad_loader_options_are_named(tmp_path, override, message):
     with pytest.raises(InstantiationException, match=message):  # Hydra's wrapper of the datamodule's ValueError
         build_datamodule(compose_train(tmp_path, override))
+
+
+def test_lightning_applies_the_augmentation_after_the_transfer(tmp_path):
+    import lightning as L
+
+    from splml.builders import build_module
+
+    cfg = compose_train(
+        tmp_path, "dataset.datamodule.augment_on_device=true", "dataset.datamodule.image_size=24",
+        "dataset.datamodule.augment.crop_scale=[0.3,1.0]",
+    )  # fmt: skip
+    datamodule = build_datamodule(cfg)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    expected = datamodule.on_after_batch_transfer(next(iter(datamodule.train_dataloader())), 0)["image"]
+    seen: list[dict] = []
+
+    class Spy(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append({k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
+
+    trainer = L.Trainer(
+        accelerator="cpu", max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False, callbacks=[Spy()],
+        default_root_dir=str(tmp_path),
+    )  # fmt: skip
+    trainer.fit(build_module(cfg, datamodule), datamodule=datamodule)
+    assert seen and "augment_on_device" not in seen[0]
+    torch.testing.assert_close(seen[0]["image"], expected)
