@@ -153,3 +153,12 @@ def test_lightning_applies_the_augmentation_after_the_transfer(tmp_path):
     trainer.fit(build_module(cfg, datamodule), datamodule=datamodule)
     assert seen and "augment_on_device" not in seen[0]
     torch.testing.assert_close(seen[0]["image"], expected)
+
+
+def test_datamodules_that_crop_from_full_resolution_sources_refuse_device_augmentation():
+    from splml.data.datamodules.base import SplitDataModule
+
+    augment = {"crop_scale": (0.5, 1.0)}
+    with pytest.raises(ValueError, match=r"augment_on_device=true: SplitDataModule cuts its training crops"):
+        SplitDataModule(augment=augment, augment_on_device=True)
+    assert SplitDataModule(augment=augment, augment_on_device="auto").augment_on_device is False
