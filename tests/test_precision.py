@@ -119,3 +119,54 @@ def test_gradient_scale_reads_the_16_mixed_loss_scale():
     assert gradient_scale(SimpleNamespace(precision_plugin=SimpleNamespace(scaler=None))) is None
     disabled = torch.amp.GradScaler("cpu", enabled=False)
     assert gradient_scale(SimpleNamespace(precision_plugin=SimpleNamespace(scaler=disabled))) is None
+
+
+class _Scaler:
+    """What ``gradient_scale`` reads of a ``torch.amp.GradScaler``; the scale is set by the test."""
+
+    def __init__(self, scale: float) -> None:
+        self.scale = scale
+
+    def is_enabled(self) -> bool:
+        return True
+
+    def get_scale(self) -> float:
+        return self.scale
+
+
+def test_role_label_table_unscales_16_mixed_gradients_and_skips_the_skipped_steps():
+    from types import SimpleNamespace
+
+    from splml.methods.role.store import LabelEstimatorStore
+    from tests.methods.test_stores import OBS, FakeModule, batch_of, fake_trainer
+
+    weights = torch.tensor([1.0, 2.0, 3.0])
+
+    def step(store, trainer, loss_scale: float, scale_after: float | None = None) -> None:
+        batch = batch_of([1, 2])
+        store.on_train_batch_start(trainer, module, batch, 0)
+        ((batch["extras"]["role_g_logits"].sigmoid() * weights).sum() * loss_scale).backward()
+        store.on_before_optimizer_step(trainer, module, None)
+        if scale_after is not None:  # the scaler found inf/NaN gradients: it skipped the step and backed off
+            trainer.precision_plugin.scaler.scale = scale_after
+        store.on_train_batch_end(trainer, module, {}, batch, 0)
+
+    module = FakeModule()
+    # A large epsilon makes the row-wise Adam step depend on the gradient's magnitude: a scaled
+    # gradient that was not divided by the loss scale would move the table differently.
+    plain, scaled = (LabelEstimatorStore(4, 3, seed=3, eps=0.1) for _ in range(2))
+    plain_trainer, scaled_trainer = fake_trainer(OBS), fake_trainer(OBS)
+    scaled_trainer.precision_plugin = SimpleNamespace(scaler=_Scaler(1024.0))
+    for store, trainer in ((plain, plain_trainer), (scaled, scaled_trainer)):
+        store.setup(trainer, module, "fit")
+    initial = plain.tensors["logits"].clone()
+    for _ in range(2):
+        step(plain, plain_trainer, 1.0)
+        step(scaled, scaled_trainer, 1024.0)
+    torch.testing.assert_close(scaled.tensors["logits"], plain.tensors["logits"])
+    assert not torch.equal(plain.tensors["logits"], initial), "the table did not move"
+    before = {k: v.clone() for k, v in scaled.tensors.items()}
+    step(scaled, scaled_trainer, 1024.0, scale_after=512.0)
+    for name, tensor in before.items():
+        if name != "update_count":
+            assert torch.equal(scaled.tensors[name], tensor), f"{name} changed on a step the optimizer skipped"
