@@ -16,6 +16,7 @@ from splml.io.checkpoint import DataSpec
 from splml.methods.base import SPMLLoss
 from splml.methods.registry import loss_names
 from splml.models.backbone import feature_width
+from splml.models.acceleration import prepare_network
 from splml.models.model import SPMLModel
 from splml.models.projection import RetrievalModel
 
@@ -213,7 +214,11 @@ def build_module(cfg: DictConfig, data: Any) -> L.LightningModule:
         raise ValueError(f"task.name={task!r} is not a task; known: {sorted(TASK_BUILDERS)}")
     loss = instantiate(cfg.loss)
     check_loss_fits_task(loss, task)
-    return TASK_BUILDERS[task](cfg, data, loss)
+    module = TASK_BUILDERS[task](cfg, data, loss)
+    # How the network runs (channels-last, torch.compile): models/acceleration.py, the model node.
+    model_options = cfg.get("model")
+    prepare_network(module.model, OmegaConf.to_container(model_options) if model_options is not None else None)
+    return module
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:

@@ -31,6 +31,11 @@ from splml.optim import OptimizerFactory, RunLength, SchedulerFactory, build_sch
 warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
 
 
+def float32_outputs(outputs: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The model outputs with every floating tensor in float32 (float32 tensors are returned as they are)."""
+    return {k: v.float() if isinstance(v, Tensor) and v.is_floating_point() else v for k, v in outputs.items()}
+
+
 class SPMLTrainingModule(L.LightningModule):
     """Trains ``model`` (with ``backbone`` and ``head`` parts) with ``loss``; subclasses evaluate.
 
@@ -101,8 +106,12 @@ class SPMLTrainingModule(L.LightningModule):
                 f"loss {self.loss.name!r} needs {missing} in batch['extras'], which its callback provides; "
                 "was the callback removed from the config?"
             )
-        outputs = self.model(batch["image"])
-        result = self.loss(outputs, batch, self.loss_context())
+        # Under mixed precision the network runs in autocast; the loss (and, through "outputs", the
+        # stores) get its outputs in float32 and compute with autocast off: the logs and sigmoids of
+        # half-precision logits would lose the digits they need. At 32-true this changes nothing.
+        outputs = float32_outputs(self.model(batch["image"]))
+        with torch.autocast(self.device.type, enabled=False):
+            result = self.loss(outputs, batch, self.loss_context())
         if isinstance(result, Tensor):
             result = {"loss": result}
         loss = result["loss"]
@@ -206,7 +215,7 @@ class SPMLModule(SPMLTrainingModule):
 
     # -- evaluation -------------------------------------------------------------------------
     def _eval_step(self, batch: dict[str, Any], metrics: MultiLabelMetricAccumulator) -> None:
-        probs = self.model(batch["image"])["logits"].sigmoid()
+        probs = self.model(batch["image"])["logits"].float().sigmoid()  # float32 scores: no half-precision ties
         # ImageNet + ReaL items also carry their single label and whether their label set is known.
         metrics.update(
             probs.float(), batch["target"], batch["index"], batch.get("original_label"), batch.get("has_target")

@@ -235,3 +235,88 @@ class RecordedSpatialAugment:
         item["image"] = out["volume"].contiguous()
         item["aug"] = out["aug"]
         return item
+
+
+class DeferredSpatialAugment(RecordedSpatialAugment):
+    """The record of :class:`RecordedSpatialAugment` without the pixels: they are moved on the device.
+
+    Draws the same crop box and flips from the same per-sample generator, in the same order
+    (the same albumentations pipeline runs, on a 1 x 1 stand-in), and writes the same
+    ``item["aug"]``; ``item["image"]`` stays the whole ``image_size`` frame and
+    ``item["augment_on_device"]`` tells the datamodule to apply the record to the batch once it
+    is on the device (:func:`apply_recorded_augment`, in ``on_after_batch_transfer``).
+    """
+
+    def __init__(self, image_size: int, **options: Any) -> None:
+        self.frame = (int(image_size), int(image_size))
+        self._stand_in = np.zeros((1, 1, 1), dtype=np.float32)
+        super().__init__(**options)
+
+    def crop_transform(self) -> FrameRandomResizedCrop | None:
+        if self.crop_scale is None:
+            return None
+        # Drawn in the image's frame; the "rendered" view is the stand-in itself (no pixels here).
+        return FrameRandomResizedCrop(self.crop_scale, self.crop_ratio, frame=self.frame, render=_keep_source)
+
+    def __call__(self, item: dict[str, Any], generator: torch.Generator | None = None) -> dict[str, Any]:
+        frame = tuple(item["image"].shape[-2:])
+        if frame != self.frame:
+            raise ValueError(f"device augmentation was set up for {self.frame} images, got an item of {frame}")
+        item["aug"] = self.augment(generator, self.frame, image=self._stand_in, source=self._stand_in)["aug"]
+        item["augment_on_device"] = True
+        return item
+
+
+def _keep_source(source: np.ndarray, box: Box) -> np.ndarray:
+    return source
+
+
+def apply_recorded_augment(images: torch.Tensor, aug: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Apply recorded crops and flips to a batch where it lies (e.g. on the GPU), in one resampling.
+
+    ``images`` is B x C x H x W (or B x V x C x H x W with V views; ``aug`` entries then have a
+    leading B x V); ``aug`` holds ``crop`` (B x 4: top, left, h, w in the image's own frame),
+    ``flip`` and ``vflip`` (B, bool), as :class:`RecordedSpatialAugment` records them. The
+    result equals that class's per-item path: the box resized back to H x W with bilinear
+    interpolation (``align_corners=False``), then the flips. A batch without a crop is only
+    flipped (exact); crops are sampled with ``grid_sample`` at the positions ``F.interpolate``
+    reads, clamped to the box as it clamps them, so they agree to float rounding.
+    """
+    shape = images.shape
+    flat = images.reshape(-1, *shape[-3:])
+    n, _, height, width = flat.shape
+    crop = aug["crop"].reshape(n, 4).to(device=flat.device)
+    hflip = aug["flip"].reshape(n).to(device=flat.device, dtype=torch.bool)
+    vflip = aug["vflip"].reshape(n).to(device=flat.device, dtype=torch.bool)
+    whole = torch.tensor([0, 0, height, width], device=flat.device)
+    if bool((crop == whole).all()):
+        out = torch.where(hflip[:, None, None, None], flat.flip(-1), flat)
+        out = torch.where(vflip[:, None, None, None], out.flip(-2), out)
+        return out.reshape(shape)
+    box = crop.to(torch.float64)
+    rows = _source_positions(box[:, 0], box[:, 2], height, vflip)  # n x H, in source pixels
+    cols = _source_positions(box[:, 1], box[:, 3], width, hflip)  # n x W
+    # grid_sample (align_corners=False) reads pixel x at the normalised coordinate (2x + 1) / size - 1.
+    grid = torch.stack(
+        [
+            ((2 * cols + 1) / width - 1)[:, None, :].expand(n, height, width),
+            ((2 * rows + 1) / height - 1)[:, :, None].expand(n, height, width),
+        ],
+        dim=-1,
+    )
+    out = F.grid_sample(flat, grid.to(flat.dtype), mode="bilinear", padding_mode="border", align_corners=False)
+    return out.reshape(shape)
+
+
+def _source_positions(start: torch.Tensor, length: torch.Tensor, size: int, flipped: torch.Tensor) -> torch.Tensor:
+    """Where output pixels 0..size-1 read the source along one axis (n x size, float64 source pixels).
+
+    ``F.interpolate(bilinear, align_corners=False)`` of a box of ``length`` pixels to ``size``
+    reads ``(j + 0.5) * length / size - 0.5`` inside the box, clamped to [0, length - 1]; a flip
+    after the resize makes output pixel ``j`` the resized pixel ``size - 1 - j``.
+    """
+    j = torch.arange(size, device=start.device, dtype=torch.float64)[None, :].expand(start.shape[0], size)
+    j = torch.where(flipped[:, None], size - 1 - j, j)
+    inside = ((j + 0.5) * length[:, None] / size - 0.5).clamp(min=0.0)
+    inside = torch.minimum(inside, (length - 1)[:, None])
+    return start[:, None] + inside

@@ -14,6 +14,11 @@ scores, heatmaps, corrected labels, learned label estimates). Rules every store 
 * Rows the sampler added as padding are not applied, so every sample updates a store exactly
   once per epoch; ``coverage`` counts the updates and, under DDP, a checksum comparison at
   every epoch end fails loudly if the ranks' stores ever differ.
+* Stores hold float32 (or integer) tensors whatever the training precision: the floating rows
+  of an update are cast to float32 where they enter (:meth:`StoreCallback.gather_updates`), so
+  EMA arithmetic never runs in half precision. Under ``16-mixed`` a store that reads gradients
+  divides them by the loss scale and skips the steps the optimizer skipped
+  (:func:`gradient_scale`).
 """
 
 from __future__ import annotations
@@ -68,6 +73,19 @@ def first_occurrence(indices: Tensor) -> Tensor:
     idx = indices.cpu().numpy()
     _, first = np.unique(idx, return_index=True)
     return torch.from_numpy(np.sort(first))
+
+
+def gradient_scale(trainer: Any) -> float | None:
+    """The loss scale of ``16-mixed`` training at this moment (None without a gradient scaler).
+
+    Gradients of a scaled backward pass are this many times too large until divided by it. The
+    scaler lowers its scale when a step had non-finite gradients and skips that optimizer step.
+    """
+    plugin = getattr(trainer, "precision_plugin", None)
+    scaler = getattr(plugin, "scaler", None)
+    if scaler is None or not scaler.is_enabled():
+        return None
+    return float(scaler.get_scale())
 
 
 def broadcast_object(obj: Any) -> Any:
@@ -126,8 +144,10 @@ class StoreCallback(L.Callback):
     def gather_updates(self, batch: dict[str, Any], *values: Tensor) -> tuple[Tensor, ...]:
         """Indices and value rows of this step from every rank: padding dropped, deduplicated.
 
-        Also counts one update per returned index (see :meth:`coverage`).
+        Floating rows come back in float32 (half-precision outputs are cast here, at the store's
+        boundary). Also counts one update per returned index (see :meth:`coverage`).
         """
+        values = tuple(v.float() if v.is_floating_point() else v for v in values)
         idx = self.batch_indices(batch)
         padded = batch.get("padded")
         padded = torch.zeros_like(idx, dtype=torch.bool) if padded is None else torch.as_tensor(padded).bool()

@@ -1,8 +1,9 @@
 """What every datamodule of the suite shares: the three splits, how they are loaded, the label source.
 
-Loading policy lives here once (batch sizes, workers, pinned memory, the sampler, the drop-last
-rule, multi-view batches); the datamodules of each collection only say how to build their
-datasets (:mod:`splml.data.datasets`) and take these options as keyword arguments.
+Loading policy lives here once (batch sizes, workers, pinned memory, prefetching, the sampler,
+the drop-last rule, multi-view batches, augmentation on the device); the datamodules of each
+collection only say how to build their datasets (:mod:`splml.data.datasets`) and take these
+options as keyword arguments.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from splml.data.labels import LabelSource, RandomSinglePositive
 from splml.data.sampler import EpochSeededSampler
+from splml.data.transforms import apply_recorded_augment
 from splml.data.views import MultiViewDataset
 from splml.io.label_files import OBSERVED_LABELS_STEM, save_observed
 
@@ -33,7 +35,15 @@ class SplitDataModule(L.LightningDataModule):
     default :class:`RandomSinglePositive`), ``augment`` (the training augmentation's options),
     ``max_samples`` (first N items per split, ``None`` = all) and the loader settings
     ``batch_size`` (per process), ``eval_batch_size`` (default: ``batch_size``), ``num_workers``,
-    ``pin_memory``, ``persistent_workers`` (only with workers) and ``seed``.
+    ``pin_memory``, ``persistent_workers`` and ``prefetch_factor`` (batches loaded ahead per
+    worker; both only with workers) and ``seed``.
+
+    ``augment_on_device`` moves the training augmentation's pixels to the device: the loader
+    workers only draw the record (``aug``: crop box and flips, the same draws from the same
+    per-sample seeds) and :meth:`on_after_batch_transfer` crops and flips the whole batch where
+    it lies. ``true`` requires it (an error for datamodules that cannot: their crops are cut
+    from full-resolution sources of different sizes), ``"auto"`` uses it where the datamodule
+    can (:attr:`device_augment_supported`), ``false`` never.
 
     ``train_views`` > 1 (set with :meth:`set_train_views`; contrastive training) makes every
     training item carry that many augmented views of its image (:class:`MultiViewDataset`).
@@ -43,6 +53,9 @@ class SplitDataModule(L.LightningDataModule):
     train_views: int = 1
     #: Every sample counts, in training and in evaluation.
     drop_last: bool = False
+    #: Whether this collection's training augmentation can be applied to a batch on the device
+    #: (items of one size whose crop is cut from the item itself).
+    device_augment_supported: bool = False
 
     def __init__(
         self,
@@ -55,6 +68,8 @@ class SplitDataModule(L.LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         persistent_workers: bool = False,
+        prefetch_factor: int | None = None,
+        augment_on_device: bool | str = False,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -66,10 +81,35 @@ class SplitDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
+        if prefetch_factor is not None and (int(prefetch_factor) != prefetch_factor or prefetch_factor < 1):
+            raise ValueError(
+                f"dataset.datamodule.prefetch_factor must be an integer >= 1 or null, got {prefetch_factor!r}"
+            )
+        # torch refuses a prefetch factor without workers (the main process loads one batch at a time).
+        self.prefetch_factor = int(prefetch_factor) if prefetch_factor is not None and num_workers > 0 else None
+        self.augment_on_device = self._resolve_augment_on_device(augment_on_device)
         self.seed = int(seed)
         self.datasets: dict[str, Any] = {}
         # Database loaders by (rank, world size), reused across evaluations.
         self._database_loaders: dict[tuple[int, int], DataLoader] = {}
+
+    def _resolve_augment_on_device(self, option: bool | str) -> bool:
+        if option not in (True, False, "auto"):
+            raise ValueError(f"dataset.datamodule.augment_on_device must be true, false or auto, got {option!r}")
+        if option is True and not self.device_augment_supported:
+            raise ValueError(
+                f"dataset.datamodule.augment_on_device=true: {type(self).__name__} cuts its training crops from "
+                "full-resolution sources in the loader, so they cannot be applied to a batch on the device; "
+                "use augment_on_device=auto (the device where possible) or false"
+            )
+        return bool(option) and self.device_augment_supported and bool(self.augment)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Crop and flip a training batch whose items carry only the record (``augment_on_device``)."""
+        if isinstance(batch, dict) and "augment_on_device" in batch:
+            del batch["augment_on_device"]
+            batch["image"] = apply_recorded_augment(batch["image"], batch["aug"])
+        return batch
 
     def set_train_views(self, views: int) -> None:
         """Deliver ``views`` augmented views per training image (a B x V x C x H x W batch) from now on."""
@@ -99,6 +139,7 @@ class SplitDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
+            prefetch_factor=self.prefetch_factor,
         )
 
     def train_dataloader(self) -> DataLoader:

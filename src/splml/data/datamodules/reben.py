@@ -12,7 +12,7 @@ import numpy as np
 from splml.data.datamodules.base import SplitDataModule
 from splml.data.datasets.reben import ReBENDataset
 from splml.data.synthetic import SyntheticConfig, ensure_synthetic
-from splml.data.transforms import RecordedSpatialAugment
+from splml.data.transforms import DeferredSpatialAugment, RecordedSpatialAugment
 from splml.io.reben.format import (
     BAND_STATS,
     CLASS_NAMES,
@@ -34,8 +34,11 @@ class ReBENDataModule(SplitDataModule):
     Validation and test always carry the full labels as ``observed`` too; only the training
     split goes through the label source. ``max_samples`` caps each split (first rows, in
     metadata order) for quick runs. The label source, augmentation and loader options are
-    those of :class:`~splml.data.datamodules.base.SplitDataModule`.
+    those of :class:`~splml.data.datamodules.base.SplitDataModule`; the augmentation can run on
+    the device (``augment_on_device``): every item has the same size and is cropped from itself.
     """
+
+    device_augment_supported = True
 
     def __init__(
         self,
@@ -100,7 +103,7 @@ class ReBENDataModule(SplitDataModule):
             cap = self.split_cap(split)
             if cap is not None:
                 records = records[:cap]
-            transform = RecordedSpatialAugment(**self.augment) if split == "train" and self.augment else None
+            transform = self.train_augment() if split == "train" and self.augment else None
             self.datasets[split] = ReBENDataset(
                 root, split, bands=self.bands, image_size=self.image_size, upsampling=self.upsampling,
                 lmdb_path=self.lmdb_path, metadata_path=metadata_path, transform=transform, records=records,
@@ -119,6 +122,12 @@ class ReBENDataModule(SplitDataModule):
             root, "/".join(str(len(self.datasets[s])) for s in ("train", "validation", "test")),
             self.label_source.name, ",".join(self.bands),
         )  # fmt: skip
+
+    def train_augment(self) -> RecordedSpatialAugment:
+        """The recorded augmentation of the training split; only its record when it runs on the device."""
+        if self.augment_on_device:
+            return DeferredSpatialAugment(self.image_size, **self.augment)
+        return RecordedSpatialAugment(**self.augment)
 
 
 class SyntheticReBENDataModule(ReBENDataModule):

@@ -59,6 +59,10 @@ class SplitDataModuleConfig:
     num_workers: int = at_least(0, default=0)
     pin_memory: bool = False
     persistent_workers: bool = False
+    # Batches loaded ahead per worker (None: torch's default) and crops/flips on the device
+    # (true, "auto", false; splml.data.datamodules.base, conf/loader/gpu.yaml).
+    prefetch_factor: int | None = optional_at_least(1, default=None)
+    augment_on_device: Any = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     max_samples: MaxSamplesConfig = field(default_factory=MaxSamplesConfig)
     seed: int = 0

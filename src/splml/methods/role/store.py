@@ -9,6 +9,10 @@ like ``torch.optim.SparseAdam``), identically on every rank.
 
 Initialisation: unknown entries ``logit(U(0.4, 0.6))``, annotated positives ``logit(0.995)``,
 annotated negatives ``logit(0.005)``, drawn from ``seed`` (the same on every rank).
+
+Under ``16-mixed`` the rows' gradients come from the scaled backward pass: they are divided by
+the loss scale of that pass (read when the optimizer step begins), and a step the gradient
+scaler skipped (non-finite gradients; it then lowers its scale) is skipped here too.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from splml.methods.store import StoreCallback, precision_recall
+from splml.methods.store import StoreCallback, gradient_scale, precision_recall
 
 
 def _logit(p: Tensor) -> Tensor:
@@ -42,6 +46,7 @@ class LabelEstimatorStore(StoreCallback):
         super().__init__(num_samples, num_classes)
         self.lr_mult, self.betas, self.eps, self.seed = float(lr_mult), tuple(betas), float(eps), int(seed)
         self._batch_rows: Tensor | None = None
+        self._grad_scale: float | None = None  # the loss scale of this step's backward (16-mixed)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit" or "logits" in self.tensors:
@@ -65,6 +70,9 @@ class LabelEstimatorStore(StoreCallback):
         self._batch_rows = rows
         self.extras(batch)["role_g_logits"] = rows
 
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
+        self._grad_scale = gradient_scale(trainer)
+
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -72,7 +80,13 @@ class LabelEstimatorStore(StoreCallback):
         self._batch_rows = None
         if rows is None or rows.grad is None:
             raise RuntimeError("ROLE label estimator received no gradient: does the loss use extras['role_g_logits']?")
-        idx, grad = self.gather_updates(batch, rows.grad.float())
+        grad, scale, self._grad_scale = rows.grad.float(), self._grad_scale, None
+        if scale is not None:
+            grad = grad / scale
+        idx, grad = self.gather_updates(batch, grad)
+        after = gradient_scale(trainer)
+        if scale is not None and after is not None and after < scale:
+            return  # the scaler found non-finite gradients and skipped the optimizer step: so does the table
         self.adam_step(idx, grad, lr=self._base_lr(pl_module) * self.lr_mult)
 
     @staticmethod
