@@ -64,8 +64,9 @@ def test_tensorboard_run_gets_the_resolved_config_as_hyperparameters(tensorboard
         assert values[0].step == 0 and math.isnan(values[0].value), tag
         assert math.isfinite(values[-1].value) and values[-1].step > 0, tag
     # The config is also written next to the CSV log (nested) and the events (the table's flat keys).
-    assert "\n  head_lr_mult: 10\n" in (tensorboard_run / "csv" / "hparams.yaml").read_text()
-    assert "\noptim/head_lr_mult: 10\n" in (tensorboard_run / "tensorboard" / "hparams.yaml").read_text()
+    # (10.0: the optim schema types the multiplier as a float.)
+    assert "\n  head_lr_mult: 10.0\n" in (tensorboard_run / "csv" / "hparams.yaml").read_text()
+    assert "\noptim/head_lr_mult: 10.0\n" in (tensorboard_run / "tensorboard" / "hparams.yaml").read_text()
 
 
 def test_tensorboard_run_logs_the_learning_rate_of_backbone_and_head(tensorboard_run):

@@ -169,7 +169,7 @@ def test_macl_ablation_variants_switch_off_one_part_each(tmp_path, ablation, cha
 def test_a_loss_of_the_other_task_is_refused_by_name(tmp_path, overrides, message):
     cfg = _compose(tmp_path, *overrides)
     with pytest.raises(ValueError, match=message):
-        build_module(cfg, datamodule=None)  # refused before the data is looked at
+        build_module(cfg, data=None)  # refused before the data is looked at
 
 
 def test_the_retrieval_losses_are_exactly_the_contrastive_ones():

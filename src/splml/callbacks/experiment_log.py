@@ -19,6 +19,7 @@ import json
 import logging
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -70,6 +71,11 @@ class LogRunConfig(L.Callback):
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.log_hyperparams(flatten_config(config), metrics=columns, step=trainer.global_step)
+                if trainer.is_global_zero:
+                    # Lightning writes hparams.yaml once, when fitting starts (before this hook, which waits for
+                    # a resumed run's step) and never over an existing file: write it again with the config.
+                    Path(logger.log_dir, logger.NAME_HPARAMS_FILE).unlink(missing_ok=True)
+                    logger.save()
             else:
                 logger.log_hyperparams(config)
 
