@@ -471,3 +471,17 @@ def compose(*overrides: str):
     register_resolvers()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         return compose_config("train", overrides=list(overrides))
+
+
+def test_snapshot_interval_and_the_nearest_saved_epoch():
+    from splml.methods.adagc.rollback import TrainingSnapshots
+
+    snapshots = TrainingSnapshots(every=2)
+    assert [e for e in range(7) if snapshots.due(e)] == [2, 4, 6], "from epoch 1 on, every 2 epochs"
+    snapshots.epochs = [2, 4]
+    assert [snapshots.nearest(t) for t in (1, 3, 4, 5, 9)] == [2, 2, 4, 4, 4], "ties go to the earlier epoch"
+    assert not snapshots.due(4), "an epoch is saved once"
+    with pytest.raises(RuntimeError, match="no snapshot"):
+        TrainingSnapshots().nearest(1)
+    with pytest.raises(ValueError, match="interval"):
+        TrainingSnapshots(every=0)

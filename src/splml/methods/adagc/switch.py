@@ -239,6 +239,13 @@ class EarlyLearningStageSwitch(L.Callback):
     def _end_warmup(self, trainer: L.Trainer, pl_module: L.LightningModule, decision: Decision) -> None:
         epoch = int(trainer.current_epoch)
         trigger = decision.trigger_epoch
+        if self.rule.rolls_back and trigger < epoch and not self.snapshots.epochs:
+            log.warning(
+                "AdaGC: trigger epoch %d, but no snapshot was taken before the decision after %d epochs "
+                "(loss.snapshot_every=%d): corrections start now, without a rollback",
+                trigger, epoch, self.snapshots.every,
+            )  # fmt: skip
+            trigger = epoch
         if self.rule.rolls_back and trigger < epoch:
             trigger = self.snapshots.nearest(trigger)
             self.snapshots.restore(trainer, pl_module, trigger)
