@@ -119,9 +119,16 @@ def test_resumed_run_equals_the_uninterrupted_one(tmp_path, straight, stop_after
         assert record == straight_probe[epoch], epoch
 
 
-def test_a_rule_that_rolls_back_refuses_max_steps(tmp_path):
-    with pytest.raises(ValueError, match="max_steps"):
-        train(compose_train(tmp_path / "run", *ROLLBACK, "+trainer.max_steps=5", "dataset.datamodule.image_size=32"))
+def test_the_loop_lengthens_by_what_the_rollback_undid():
+    from types import SimpleNamespace
+
+    from splml.methods.adagc.switch import EarlyLearningStageSwitch
+
+    for limits, expected in (((4, 10), (6, 16)), ((4, -1), (6, -1)), ((-1, 10), (-1, 16))):
+        loop = SimpleNamespace(max_epochs=limits[0], max_steps=limits[1])
+        loop.epoch_loop = loop  # Lightning's fit loop reads max_steps from its epoch loop
+        EarlyLearningStageSwitch._lengthen(SimpleNamespace(fit_loop=loop), epochs=2, steps=6)
+        assert (loop.max_epochs, loop.max_steps) == expected
 
 
 def test_aio2_detection_rolls_training_back_to_its_trigger(tmp_path, monkeypatch):

@@ -54,6 +54,7 @@ def training_state(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str
         "schedulers": [config.scheduler.state_dict() for config in trainer.lr_scheduler_configs],
         "precision": trainer.strategy.precision_plugin.state_dict(),
         "stores": {store.state_key: store.state_dict() for store in _stores(trainer)},
+        "global_step": int(trainer.global_step),
     }
 
 
@@ -136,15 +137,20 @@ class TrainingSnapshots:
             raise RuntimeError("AdaGC has no snapshot to roll back to (none was taken before the trigger fired)")
         return min(self.epochs, key=lambda saved: (abs(saved - epoch), saved))
 
-    def restore(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int) -> None:
-        """Roll the running training back to the state saved after ``epoch`` epochs (rank 0's file, every rank)."""
+    def restore(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int) -> int:
+        """Roll the running training back to the state saved after ``epoch`` epochs (rank 0's file, every rank).
+
+        Returns the optimizer step the snapshot was taken at.
+        """
         state = None
         if trainer.is_global_zero:
             path = self.path(epoch)
             if not path.is_file():
                 raise FileNotFoundError(f"AdaGC's rollback snapshot {path} is missing: the rollback cannot be done")
             state = torch.load(path, map_location="cpu", weights_only=False)
-        restore_training_state(trainer, pl_module, broadcast_object(state))
+        state = broadcast_object(state)
+        restore_training_state(trainer, pl_module, state)
+        return int(state["global_step"])
 
     def clear(self, trainer: L.Trainer) -> None:
         """Delete the snapshot folder (rank 0); the caller knows that nothing will read it any more."""

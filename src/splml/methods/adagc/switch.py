@@ -16,14 +16,14 @@ Three rules decide when the warm-up ends (:class:`StageTrigger`, option ``trigge
 
 **Length of the run.** Lightning counts the epochs actually run: its epoch and step counters,
 the logs, the best checkpoint and the data order never go backwards. A rollback of ``n - T``
-epochs lengthens the loop by as many (``trainer.fit_loop.max_epochs``), so the run trains the
-nominal ``max_epochs`` epochs of the schedule (the learning-rate scheduler is rolled back with the
-optimizer, so the cosine goes on from epoch ``T`` to its end) plus the ``n - T`` undone ones: at
-most twice the nominal length, as in AIO2. The lengthening is this callback's checkpointed state
-and is re-applied when a run resumes (at ``on_fit_start``, after the optimizers and their schedule
-were built for the nominal length). ``trainer.max_steps`` cannot be lengthened this way and must
-stay unset with a rule that rolls back. A detection after the last nominal epoch is not acted on
-(the loop has ended; AIO2 stops there too).
+epochs lengthens the loop by as many (``trainer.fit_loop.max_epochs``; a ``trainer.max_steps``
+limit grows by the optimizer steps undone), so the run trains the nominal ``max_epochs`` epochs of
+the schedule (the learning-rate scheduler is rolled back with the optimizer, so the cosine goes on
+from epoch ``T`` to its end) plus the ``n - T`` undone ones: at most twice the nominal length, as
+in AIO2. The lengthening is this callback's checkpointed state and is re-applied when a run
+resumes (at ``on_fit_start``, after the optimizers and their schedule were built for the nominal
+length). A detection after the last nominal epoch is not acted on (the loop has ended; AIO2 stops
+there too).
 
 **When.** The curve value of epoch ``e`` is complete at its end, but Lightning writes the epoch's
 checkpoint at the end of validation, before ``on_train_epoch_end``; so the value is *recorded*
@@ -165,8 +165,9 @@ class EarlyLearningStageSwitch(L.Callback):
         #: Monitored score of every finished warm-up epoch.
         self.curve: list[float] = []
         self.decision: Decision | None = None
-        #: Epochs undone by the rollback (the loop is that much longer than max_epochs).
+        #: Epochs and optimizer steps undone by the rollback (the loop is that much longer than its limits).
         self.epochs_undone = 0
+        self.steps_undone = 0
         self._trainer: L.Trainer | None = None
 
     @property
@@ -185,7 +186,8 @@ class EarlyLearningStageSwitch(L.Callback):
     def state_dict(self) -> dict[str, Any]:
         decision = None if self.decision is None else vars(self.decision).copy()
         return {"curve": list(self.curve), "decision": decision, "epochs_undone": self.epochs_undone,
-                "trigger": self.rule.trigger, "snapshots": self.snapshots.state_dict()}  # fmt: skip
+                "steps_undone": self.steps_undone, "trigger": self.rule.trigger,
+                "snapshots": self.snapshots.state_dict()}  # fmt: skip
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if "decision" not in state_dict:
@@ -197,6 +199,7 @@ class EarlyLearningStageSwitch(L.Callback):
         decision = state_dict["decision"]
         self.decision = None if decision is None else Decision(**decision)
         self.epochs_undone = int(state_dict["epochs_undone"])
+        self.steps_undone = int(state_dict["steps_undone"])
         # Testing a checkpoint restores this state too; only a resumed fit may still roll back.
         fitting = self._trainer is not None and self._trainer.state.fn == TrainerFn.FITTING
         self.snapshots.load_state_dict(
@@ -210,16 +213,17 @@ class EarlyLearningStageSwitch(L.Callback):
             self.snapshots.attach(trainer)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self.rule.rolls_back:
-            return
-        max_epochs, max_steps = trainer.fit_loop.max_epochs, trainer.fit_loop.max_steps
-        if max_epochs is None or max_epochs < 0 or (max_steps is not None and max_steps >= 0):
-            raise ValueError(
-                f"AdaGC's trigger {self.rule.trigger!r} rolls training back and lengthens the run by the epochs it "
-                f"undoes, which needs trainer.max_epochs (got {max_epochs}) and no trainer.max_steps (got {max_steps})"
-            )
         # After the optimizers and their schedule were built for the nominal length (strategy setup).
-        trainer.fit_loop.max_epochs = max_epochs + self.epochs_undone
+        self._lengthen(trainer, self.epochs_undone, self.steps_undone)
+
+    @staticmethod
+    def _lengthen(trainer: L.Trainer, epochs: int, steps: int) -> None:
+        """Let the loop run ``epochs`` more epochs and ``steps`` more optimizer steps (limits that are set)."""
+        loop = trainer.fit_loop
+        if loop.max_epochs is not None and loop.max_epochs >= 0:
+            loop.max_epochs = int(loop.max_epochs) + epochs
+        if loop.max_steps is not None and loop.max_steps >= 0:
+            loop.epoch_loop.max_steps = int(loop.max_steps) + steps
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.decision is not None:
@@ -248,9 +252,10 @@ class EarlyLearningStageSwitch(L.Callback):
             trigger = epoch
         if self.rule.rolls_back and trigger < epoch:
             trigger = self.snapshots.nearest(trigger)
-            self.snapshots.restore(trainer, pl_module, trigger)
+            step = int(trainer.global_step)
             self.epochs_undone = epoch - trigger
-            trainer.fit_loop.max_epochs = int(trainer.fit_loop.max_epochs) + self.epochs_undone
+            self.steps_undone = step - self.snapshots.restore(trainer, pl_module, trigger)
+            self._lengthen(trainer, self.epochs_undone, self.steps_undone)
             log.info(
                 "AdaGC: end of the warm-up detected after %d epochs; rolled back to the state after epoch %d; "
                 "the run now ends after %d epochs", epoch, trigger, trainer.fit_loop.max_epochs,
