@@ -392,6 +392,11 @@ def test_stage_switch_records_once_decides_and_round_trips(tmp_path):
     clone = EarlyLearningStageSwitch(store, StageTrigger("fixed", fixed_epoch=1))
     clone.load_state_dict(switch.state_dict())
     assert clone.curve == switch.curve and clone.decision == switch.decision and clone.stage(2) == "gc"
+    # A checkpoint from before the undone steps were counted (no trainer.max_steps was allowed then) resumes.
+    older = {k: v for k, v in switch.state_dict().items() if k != "steps_undone"}
+    clone.steps_undone = 7
+    clone.load_state_dict(older)
+    assert clone.steps_undone == 0 and clone.decision == switch.decision
     with pytest.raises(ValueError, match="earlier AdaGC version"):
         clone.load_state_dict({"curve": [], "trigger_epoch": None, "trigger": "adaptive"})
 

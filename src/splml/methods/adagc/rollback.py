@@ -150,7 +150,8 @@ class TrainingSnapshots:
             state = torch.load(path, map_location="cpu", weights_only=False)
         state = broadcast_object(state)
         restore_training_state(trainer, pl_module, state)
-        return int(state["global_step"])
+        # Snapshots written before the step was saved: their runs had no trainer.max_steps to lengthen.
+        return int(state.get("global_step", trainer.global_step))
 
     def clear(self, trainer: L.Trainer) -> None:
         """Delete the snapshot folder (rank 0); the caller knows that nothing will read it any more."""

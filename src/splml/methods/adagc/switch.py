@@ -199,7 +199,9 @@ class EarlyLearningStageSwitch(L.Callback):
         decision = state_dict["decision"]
         self.decision = None if decision is None else Decision(**decision)
         self.epochs_undone = int(state_dict["epochs_undone"])
-        self.steps_undone = int(state_dict["steps_undone"])
+        # Checkpoints written before steps were counted come from runs that could not set
+        # trainer.max_steps with a rollback, so no step limit needs lengthening for them.
+        self.steps_undone = int(state_dict.get("steps_undone", 0))
         # Testing a checkpoint restores this state too; only a resumed fit may still roll back.
         fitting = self._trainer is not None and self._trainer.state.fn == TrainerFn.FITTING
         self.snapshots.load_state_dict(
