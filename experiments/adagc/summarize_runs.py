@@ -32,6 +32,7 @@ BASELINES = ("an", "ll_r", "em_apl")
 COLUMNS = (
     "adagc/decided_at", "adagc/trigger_epoch", "adagc/mid", "adagc/dep", "adagc/epochs_rolled_back",
     "diag/teacher_recall", "diag/teacher_precision", "diag/extra_positive_precision", "diag/extra_positive_recall",
+    "val/mAP_macro",
 )  # fmt: skip
 
 
@@ -69,6 +70,11 @@ def load(archive: Path) -> pd.DataFrame:
             trigger = row["adagc/trigger_epoch"]
             row["teacher_recall_at_trigger"] = None if trigger is None else recall.get(int(trigger) - 1)
             row["best_in_corrected_stage"] = None if decided is None else result.get("best_epoch", -1) >= decided
+            # Best validation mAP before the decision (epochs the rollback may have undone) and after it.
+            val = curves["val/mAP_macro"]
+            cut = len(val) if decided is None else int(decided)
+            row["val_warmup"] = max((v for e, v in val.items() if e < cut), default=None)
+            row["val_corrected"] = max((v for e, v in val.items() if e >= cut), default=None)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -134,8 +140,8 @@ def decisions_table(runs: pd.DataFrame) -> str:
         return "-" if value is None or pd.isna(value) else f"{value:.{digits}f}"
 
     lines = [
-        "| method | labels | seed | epochs run | decided after | trigger | mid / dep | best epoch | teacher recall at trigger (%) | corrections prec / rec, last epoch (%) | test mAP |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| method | labels | seed | epochs run | decided after | trigger | mid / dep | best epoch | best val mAP before / after the decision | teacher recall at trigger (%) | corrections prec / rec, last epoch (%) | test mAP |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]  # fmt: skip
     for _, r in adagc.iterrows():
         best = f"{r.best_epoch}" + (" (corrected)" if r.best_in_corrected_stage else " (warm-up)")
@@ -144,6 +150,7 @@ def decisions_table(runs: pd.DataFrame) -> str:
         lines.append(
             f"| {r.method} | {r.labels} | {r.seed} | {r.epochs_run} | {fmt(r['adagc/decided_at'])} | "
             f"{fmt(r['adagc/trigger_epoch'])} | {fmt(r['adagc/mid'])} / {fmt(r['adagc/dep'])} | {best} | "
+            f"{fmt(r.val_warmup, 2)} / {fmt(r.val_corrected, 2)} | "
             f"{fmt(r.teacher_recall_at_trigger, 1)} | {fmt(r['diag/extra_positive_precision'], 1)} / "
             f"{fmt(r['diag/extra_positive_recall'], 1)} | {r.mAP:.2f} |"
         )
