@@ -43,7 +43,7 @@ LEVELS: tuple[tuple[str, tuple[str, ...]], ...] = (
             r"splml\.methods\.\w+\.store",
             # the parts a store is made of, and the callbacks a method declares beside its store
             r"splml\.methods\.scl\.(geometry|storage|figures)",
-            r"splml\.methods\.adagc\.(indicator|switch|teacher|mixup)",
+            r"splml\.methods\.adagc\.(indicator|detection|rollback|figures|switch|teacher|mixup)",
         ),
     ),
     ("methods", (r"splml\.methods(\..+)?",)),

@@ -33,9 +33,9 @@ def _archived_loss_configs() -> dict[str, dict]:
     import json
     from pathlib import Path
 
-    runs = Path(__file__).resolve().parents[1] / "experiments" / "synthetic" / "runs"
+    synthetic = Path(__file__).resolve().parents[1] / "experiments" / "synthetic"
     found: dict[str, dict] = {}
-    for results in sorted(runs.glob("*/results.json")):
+    for results in sorted([*synthetic.glob("runs/*/results.json"), *synthetic.glob("runs_long/*/results.json")]):
         data = json.loads(results.read_text())
         loss = data["config"]["loss"]
         if str(loss.get("_target_", "")).startswith("splml.losses."):

@@ -114,11 +114,27 @@ def _compose_old_combination(node: dict[str, Any]) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _update_old_adagc(node: dict[str, Any]) -> dict[str, Any]:
+    """AdaGC options of checkpoints written before its AIO2 trigger and teachers, as the variant closest to them.
+
+    Those runs switched with the knee rule on the macro AP (``trigger: adaptive``) and trained soft
+    temporal-EMA pseudo-labels; ``dual_ema`` and ``teacher_every`` no longer exist. The loss only
+    has to build for evaluation, which never trains.
+    """
+    node = {k: v for k, v in node.items() if k not in ("dual_ema", "teacher_every")}
+    if node.get("trigger") == "adaptive":
+        node.update(trigger="knee", curve="map")
+    node.update(pseudo_labels="temporal_ema", correction_threshold=None)
+    return node
+
+
 def _update_moved_targets(node: Any) -> Any:
     """``node`` (a plain config) with every ``_target_`` of :data:`MOVED_TARGETS` renamed."""
     if isinstance(node, dict):
         if node.get("_target_") in _OLD_COMBINATIONS:
             node = _compose_old_combination(node)
+        if str(node.get("_target_", "")).endswith("AdaGCLoss") and ("dual_ema" in node or "teacher_every" in node):
+            node = _update_old_adagc(node)
         return {
             k: MOVED_TARGETS.get(v, v) if k == "_target_" and isinstance(v, str) else _update_moved_targets(v)
             for k, v in node.items()

@@ -1,10 +1,8 @@
-"""AdaGC (reconstruction): trigger detection, GC loss, Mixup targets, dual EMA, checkpoints, resume."""
+"""AdaGC (reconstruction): GC loss, Mixup targets, teachers and store, stage switch, configs."""
 
 from __future__ import annotations
 
-import csv
 import math
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -15,7 +13,6 @@ from hydra import initialize_config_dir
 from torch import nn
 
 from splml.builders import config_dir, register_resolvers
-from splml.methods.adagc.indicator import early_learning_indicator
 from splml.methods.adagc.loss import (
     AdaGCLoss,
     calibrate_pseudo_labels,
@@ -25,64 +22,10 @@ from splml.methods.adagc.loss import (
 )
 from splml.methods.adagc.mixup import GCMixup
 from splml.methods.adagc.store import DualEMAStore
-from splml.methods.adagc.switch import EarlyLearningStageSwitch, StageTrigger, detect_end_of_early_learning
+from splml.methods.adagc.switch import Decision, EarlyLearningStageSwitch, StageTrigger
 from splml.methods.adagc.teacher import EMATeacher, teacher_momentum_at
 from splml.methods.an import assume_negative_loss
 from splml.methods.base import LossContext
-from splml.train import train
-
-from ...helpers import compose_train
-
-# -- trigger detection -----------------------------------------------------------------------------
-
-
-def indicator_curve(rate: float, epochs: int = 20, rise_from: int = 11, noise: float = 0.0) -> np.ndarray:
-    """Fast rise (early learning), plateau, then a second rise (memorising false negatives)."""
-    e = np.arange(epochs, dtype=np.float64)
-    y = 20 + 40 * (1 - np.exp(-rate * (e + 1))) + 1.5 * np.clip(e - rise_from, 0, None)
-    return y + noise * np.random.default_rng(0).standard_normal(epochs)
-
-
-def test_trigger_fires_after_the_knee_and_before_the_second_rise():
-    for noise in (0.0, 0.8):
-        epoch = detect_end_of_early_learning(indicator_curve(0.6, noise=noise), min_warmup=2, max_warmup=15, window=3)
-        assert epoch is not None and 5 <= epoch <= 9, (noise, epoch)
-    # Faster early learning ends earlier; the rule follows the curve, not a fixed count.
-    fast = detect_end_of_early_learning(indicator_curve(1.2), 2, 15, 3)
-    slow = detect_end_of_early_learning(indicator_curve(0.3), 2, 15, 3)
-    assert fast is not None and slow is not None and fast < slow <= 11
-
-
-def test_trigger_is_online_bounded_and_robust():
-    curve = indicator_curve(0.6)
-    epoch = detect_end_of_early_learning(curve, 2, 15, 3)
-    assert epoch is not None
-    # Online: the prefixes before the trigger epoch do not fire, the prefix up to it does.
-    assert detect_end_of_early_learning(curve[: epoch - 1], 2, 15, 3) is None
-    assert detect_end_of_early_learning(curve[:epoch], 2, 15, 3) == epoch
-    # Never before min_warmup, even on a plateau reached long before.
-    assert detect_end_of_early_learning(curve, min_warmup=12, max_warmup=15, window=3) == 12
-    # A curve still rising steadily never shows the end of early learning: forced at max_warmup,
-    # and undecided while fewer epochs than that are known.
-    linear = np.arange(20) * 2.0
-    assert detect_end_of_early_learning(linear, 2, 7, 3) == 7
-    assert detect_end_of_early_learning(linear[:6], 2, 7, 3) is None
-    # Missing epochs (NaN) and unusable curves fall back to the forced switch, never crash.
-    assert detect_end_of_early_learning([math.nan] * 10, 2, 6, 3) == 6
-    gappy = curve.copy()
-    gappy[3] = math.nan
-    assert detect_end_of_early_learning(gappy, 2, 15, 3) is not None
-    with pytest.raises(ValueError):
-        detect_end_of_early_learning(curve, 5, 3, 3)
-
-
-def test_indicator_is_macro_ap_against_the_observed_labels():
-    annotated = torch.tensor([[1, 0], [0, 1], [0, 0], [1, 0]], dtype=torch.bool)
-    probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.5, 0.4], [0.4, 0.3]])
-    # class 0: positives ranked 1st and 3rd -> AP = (1 + 2/3) / 2; class 1: 1st -> AP = 1
-    assert early_learning_indicator(probs, annotated) == pytest.approx(100 * ((1 + 2 / 3) / 2 + 1) / 2)
-    assert math.isnan(early_learning_indicator(probs[:0], annotated[:0]))
-
 
 # -- losses ----------------------------------------------------------------------------------------
 
@@ -119,6 +62,9 @@ def test_threshold_and_sharpening_by_hand():
     expected = [v * v / (v * v + (1 - v) ** 2) for v in (0.1, 0.4, 0.5, 0.8)]
     torch.testing.assert_close(sharp, torch.tensor(expected))
     torch.testing.assert_close(calibrate_pseudo_labels(t, sharpen=1.0), t)
+    torch.testing.assert_close(calibrate_pseudo_labels(t, correction=0.5), torch.tensor([0.0, 0.0, 0.0, 1.0]))
+    with pytest.raises(ValueError, match="excludes threshold"):
+        calibrate_pseudo_labels(t, threshold=0.3, correction=0.5)
 
 
 def test_mixup_targets_are_mixed_like_the_images():
@@ -126,7 +72,7 @@ def test_mixup_targets_are_mixed_like_the_images():
     pseudo = torch.tensor([[0.0, 0.8, 0.2], [0.6, 0.4, 0.0]])
     probs = torch.tensor([[0.7, 0.6, 0.3], [0.5, 0.2, 0.9]])
     perm, lam, weight = torch.tensor([1, 0]), 0.7, 0.5
-    loss = AdaGCLoss(gc_weight=weight)
+    loss = AdaGCLoss(gc_weight=weight, correction_threshold=None)  # soft targets: the mixing shows in every entry
     batch = {
         "observed": observed,
         "extras": {"adagc_stage": "gc", "adagc_pseudo": pseudo, "mixup": {"perm": perm, "lam": lam}},
@@ -164,7 +110,19 @@ def test_loss_stages_and_misconfiguration():
     torch.testing.assert_close(warm["loss"], assume_negative_loss(probs, observed))
     assert not warm["pseudo_positive_mask"].any() and float(warm["gc_stage"]) == 0
     gc = loss(outputs, {"observed": observed, "extras": {"adagc_stage": "gc", "adagc_pseudo": pseudo}}, LossContext())
-    torch.testing.assert_close(gc["loss"], gradient_calibration_loss(probs, observed, pseudo))
+    # Default: AIO2's correction, the unknown entries above 0.5 become positives, the others stay 0.
+    corrected = torch.tensor([[0.0, 1.0, 0.0]])
+    torch.testing.assert_close(gc["loss"], gradient_calibration_loss(probs, observed, corrected))
+    assert gc["pseudo_positive_mask"].tolist() == [[False, True, False]]
+    soft = AdaGCLoss(mixup=False, correction_threshold=None)(
+        outputs, {"observed": observed, "extras": {"adagc_stage": "gc", "adagc_pseudo": pseudo}}, LossContext()
+    )
+    torch.testing.assert_close(soft["loss"], gradient_calibration_loss(probs, observed, pseudo))
+    # gc=false: the corrected stage trains AN (the ablation of GC itself).
+    no_gc = AdaGCLoss(mixup=False, gc=False)(
+        outputs, {"observed": observed, "extras": {"adagc_stage": "gc", "adagc_pseudo": pseudo}}, LossContext()
+    )
+    torch.testing.assert_close(no_gc["loss"], assume_negative_loss(probs, observed))
     with pytest.raises(RuntimeError, match="GCMixup"):
         AdaGCLoss(mixup=True)(
             outputs, {"observed": observed, "extras": {"adagc_stage": "gc", "adagc_pseudo": pseudo}}, LossContext()
@@ -177,11 +135,20 @@ def test_loss_stages_and_misconfiguration():
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"trigger": "sometimes"}, "trigger must be 'adaptive' or 'fixed'"),
+        ({"trigger": "sometimes"}, "trigger must be one of"),
+        ({"trigger": "adaptive"}, "trigger must be one of"),
+        ({"window_sizes": [1, 3]}, ">= 2"),
         ({"min_warmup": 5, "max_warmup": 3}, "min_warmup <= max_warmup"),
         ({"window": 1}, "window must be >= 2"),
-        ({"teacher_every": 0}, "teacher_every must be >= 1"),
+        ({"fixed_epoch": 3, "fixed_decided_at": 2}, "fixed_decided_at >= fixed_epoch"),
+        ({"fixed_epoch": 0, "fixed_decided_at": 2}, "fixed_epoch >= 1"),
+        ({"curve": "auc"}, "curve must be one of"),
+        ({"snapshot_every": 0}, "snapshot_every"),
+        ({"pseudo_labels": "student"}, "pseudo_labels must be one of"),
         ({"temporal_momentum": 1.0}, "temporal momentum"),
+        ({"epoch_teacher_momentum": -0.1}, "epoch teacher momentum"),
+        ({"correction_threshold": 1.0}, "correction_threshold"),
+        ({"sharpen": 0.5}, "set correction_threshold: null"),
         ({"mixup_alpha": 0.0}, "Mixup alpha must be > 0"),
     ],
 )
@@ -190,15 +157,35 @@ def test_bad_options_fail_when_the_loss_is_built(options, message):
         AdaGCLoss(**options)
 
 
-def test_the_switch_applies_the_trigger_the_loss_checked():
-    loss = AdaGCLoss(trigger="fixed", fixed_epoch=3)
-    switch, _, mixup = loss.callbacks(4, 3)
+def test_rules_decide_when_and_where_to():
+    fixed = StageTrigger("fixed", fixed_epoch=3)
+    assert not fixed.rolls_back and fixed.decide([0.1] * 2) is None and fixed.decide([0.1] * 3) == Decision(3, 3)
+    back = StageTrigger("fixed", fixed_epoch=2, fixed_decided_at=5)
+    assert back.rolls_back and back.decide([0.1] * 4) is None and back.decide([0.1] * 5) == Decision(5, 2)
+    aio2 = StageTrigger("aio2", window_sizes=(2, 3, 4))
+    assert aio2.rolls_back
+    e = np.arange(20, dtype=np.float64)
+    curve = list(0.5 * (1 - np.exp(-0.7 * (e + 1))) + 0.025 * np.clip(e - 10, 0, None))
+    decision = aio2.decide(curve)
+    assert decision is not None and decision.trigger_epoch < decision.decided_at
+    assert decision.detection["trigger"] == decision.trigger_epoch and set(decision.detection["votes"]) == {2, 3, 4}
+    # The earlier knee rule: never before min_warmup, forced at max_warmup, no rollback.
+    knee = StageTrigger("knee", min_warmup=2, max_warmup=6, window=3)
+    assert not knee.rolls_back
+    assert knee.decide(list(np.arange(10) * 0.05)) == Decision(6, 6)
+    assert knee.decide(list(np.arange(5) * 0.05)) is None
+
+
+def test_the_switch_applies_the_options_the_loss_checked():
+    loss = AdaGCLoss(trigger="fixed", fixed_epoch=3, curve="map", snapshot_every=2, epoch_teacher=False)
+    switch, store, mixup = loss.callbacks(4, 3)
     assert switch.rule is loss.stage_trigger and (switch.rule.trigger, switch.rule.fixed_epoch) == ("fixed", 3)
-    assert [switch.should_switch(e) for e in (2, 3)] == [False, True]
+    assert switch.score == "map" and switch.snapshots.every == 2 and switch.source is store
+    assert store.teacher_names == ("step",)
     assert mixup is loss.callbacks(4, 3)[2], "the Mixup options are checked once too: one callback"
 
 
-# -- teacher, stores, switch, Mixup (fake trainer) -------------------------------------------------
+# -- teachers, store, switch, Mixup (fake trainer) -------------------------------------------------
 
 
 def test_teacher_ema_arithmetic_and_ramp():
@@ -259,7 +246,7 @@ def fake_trainer(epoch: int = 0, step: int = 0):
     train_split = SimpleNamespace(observed=OBS, targets=TRUTH)
     return SimpleNamespace(
         datamodule=SimpleNamespace(datasets={"train": train_split}), current_epoch=epoch, global_step=step,
-        global_rank=0, max_epochs=10,
+        global_rank=0, max_epochs=10, is_global_zero=True,
     )  # fmt: skip
 
 
@@ -268,38 +255,95 @@ def batch_of(idx):
     return {"index": idx, "image": torch.randn(len(idx), 2), "observed": torch.from_numpy(OBS)[idx], "extras": {}}
 
 
-def test_dual_ema_store_updates_and_checkpoint_round_trip():
+def _moved(model: nn.Module, by: float) -> None:
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(by)  # the "optimizer step"
+
+
+def test_two_teachers_step_and_epoch_updates():
     module = FakeModule()
-    store = DualEMAStore(4, 3, teacher_momentum=0.5, teacher_ramp=False, temporal_momentum=0.7)
+    store = DualEMAStore(4, 3, teacher_momentum=0.5, epoch_teacher_momentum=0.25, teacher_ramp=False)
+    store.setup(fake_trainer(), module, "fit")
+    step_before = [p.detach().clone() for p in store.teacher.parameters()]
+    epoch_before = [p.detach().clone() for p in store.epoch_teacher_module.parameters()]
+    _moved(module.model, 1.0)
+    batch = batch_of([0, 2])
+    batch["extras"]["adagc_stage"] = "warmup"
+    store.on_train_batch_start(fake_trainer(), module, batch, 0)
+    assert batch["extras"]["adagc_pseudo"] is None, "the warm-up reads no pseudo-label"
+    store.on_train_batch_end(fake_trainer(step=1), module, {}, batch, 0)
+    for t, t0, s in zip(store.teacher.parameters(), step_before, module.model.parameters(), strict=True):
+        torch.testing.assert_close(t, 0.5 * t0 + 0.5 * s.detach())
+    assert all(torch.equal(a, b) for a, b in zip(store.epoch_teacher_module.parameters(), epoch_before, strict=True))
+    # Warm-up: the per-step teacher's predictions of the batch are recorded for the curve.
+    torch.testing.assert_close(store.tensors["latest"][[0, 2]], store.predict(None, batch["image"], ("step",)))
+    assert store.tensors["latest_epoch"].tolist() == [0, -1, 0, -1]
+    # Same global step (gradient accumulation): no second EMA step.
+    now = [p.detach().clone() for p in store.teacher.parameters()]
+    store.on_train_batch_end(fake_trainer(step=1), module, {}, batch, 1)
+    assert all(torch.equal(a, b) for a, b in zip(now, store.teacher.parameters(), strict=True))
+    # The per-epoch teacher moves once, at the start of the next epoch, from the student's end state.
+    store.on_train_epoch_start(fake_trainer(epoch=1), module)
+    for t, t0, s in zip(store.epoch_teacher_module.parameters(), epoch_before, module.model.parameters(), strict=True):
+        torch.testing.assert_close(t, 0.25 * t0 + 0.75 * s.detach())
+    after = [p.detach().clone() for p in store.epoch_teacher_module.parameters()]
+    store.on_train_epoch_start(fake_trainer(epoch=1), module)  # idempotent: no batch trained since
+    assert all(torch.equal(a, b) for a, b in zip(after, store.epoch_teacher_module.parameters(), strict=True))
+    assert store.meta["step_updates"] == 1 and store.meta["epoch_updates"] == 1
+    assert module.model.training and module.model.norm.training, "the student's mode is left alone"
+
+
+def test_gc_pseudo_labels_are_the_teachers_mean_before_the_step():
+    module = FakeModule()
+    store = DualEMAStore(4, 3, teacher_momentum=0.5, teacher_ramp=False)
+    store.setup(fake_trainer(), module, "fit")
+    _moved(module.model, 0.5)
+    store.on_train_batch_end(fake_trainer(step=1), module, {}, batch_of([0, 1]), 0)  # the teachers now differ
+    store.on_train_epoch_start(fake_trainer(epoch=1), module)
+    batch = batch_of([1, 3])
+    batch["extras"]["adagc_stage"] = "gc"
+    store.on_train_batch_start(fake_trainer(epoch=1), module, batch, 0)
+    step = store.predict(None, batch["image"], ("step",))
+    epoch = store.predict(None, batch["image"], ("epoch",))
+    assert not torch.allclose(step, epoch)
+    torch.testing.assert_close(batch["extras"]["adagc_pseudo"], (step + epoch) / 2)
+    # GC stage with online corrections: the EMA moves, but nothing per sample is recorded any more.
+    latest = store.tensors["latest"].clone()
+    store.on_train_batch_end(fake_trainer(epoch=1, step=2), module, {}, batch, 0)
+    assert torch.equal(store.tensors["latest"], latest) and store.meta["step_updates"] == 2
+    single = DualEMAStore(4, 3, epoch_teacher=False)
+    single.setup(fake_trainer(), module, "fit")
+    batch = batch_of([1, 3])
+    batch["extras"]["adagc_stage"] = "gc"
+    single.on_train_batch_start(fake_trainer(epoch=1), module, batch, 0)
+    torch.testing.assert_close(batch["extras"]["adagc_pseudo"], single.predict(None, batch["image"], ("step",)))
+
+
+def test_temporal_ema_variant_and_checkpoint_round_trip():
+    module = FakeModule()
+    store = DualEMAStore(4, 3, teacher_momentum=0.5, teacher_ramp=False, pseudo_labels="temporal_ema")
     store.setup(fake_trainer(), module, "fit")
     assert torch.equal(store.tensors["pseudo"], torch.from_numpy(OBS))
     batch = batch_of([0, 2])
+    batch["extras"]["adagc_stage"] = "gc"
     store.on_train_batch_start(fake_trainer(), module, batch, 0)
     assert torch.equal(batch["extras"]["adagc_pseudo"], torch.from_numpy(OBS[[0, 2]]))
-
-    teacher_before = [p.detach().clone() for p in store.teacher.parameters()]
-    with torch.no_grad():
-        for p in module.model.parameters():
-            p.add_(1.0)  # the "optimizer step"
+    _moved(module.model, 1.0)
     store.on_train_batch_end(fake_trainer(step=1), module, {}, batch, 0)
-    for t, t0, s in zip(store.teacher.parameters(), teacher_before, module.model.parameters(), strict=True):
-        torch.testing.assert_close(t, 0.5 * t0 + 0.5 * s.detach())
-    q1 = store.predict(None, module, batch["image"])
+    q1 = store.predict(None, batch["image"])
     torch.testing.assert_close(store.tensors["pseudo"][[0, 2]], q1)  # the first update replaces
-    # Same global step (gradient accumulation): no second EMA step; the temporal EMA averages.
-    teacher_now = [p.detach().clone() for p in store.teacher.parameters()]
     again = batch_of([0, 2])
+    again["extras"]["adagc_stage"] = "gc"
     store.on_train_batch_end(fake_trainer(step=1), module, {}, again, 1)
-    assert all(torch.equal(a, b) for a, b in zip(teacher_now, store.teacher.parameters()))
-    q2 = store.predict(None, module, again["image"])
+    q2 = store.predict(None, again["image"])
     torch.testing.assert_close(store.tensors["pseudo"][[0, 2]], 0.7 * q1 + 0.3 * q2)
-    assert store.tensors["latest_epoch"].tolist() == [0, -1, 0, -1]
-    assert module.model.training and module.model.norm.training, "the student's mode is left alone"
 
-    # Checkpoint round trip, loading before setup (pending teacher) and after.
+    # Checkpoint round trip, loading before setup (pending teachers) and after.
     state = store.state_dict()
+    assert set(state["teachers"]) == {"step", "epoch"}
     for build_first in (False, True):
-        clone = DualEMAStore(4, 3, teacher_momentum=0.5, teacher_ramp=False)
+        clone = DualEMAStore(4, 3, teacher_momentum=0.5, teacher_ramp=False, pseudo_labels="temporal_ema")
         if build_first:
             clone.setup(fake_trainer(), FakeModule(), "fit")
         clone.load_state_dict(state)
@@ -307,8 +351,8 @@ def test_dual_ema_store_updates_and_checkpoint_round_trip():
             clone.setup(fake_trainer(), FakeModule(), "fit")
         assert clone.checksum() == store.checksum()
         assert torch.equal(clone.tensors["pseudo"], store.tensors["pseudo"])
-    with pytest.raises(ValueError, match="teacher"):
-        DualEMAStore(4, 3).load_state_dict(DualEMAStore(4, 3, dual_ema=False).state_dict())
+    with pytest.raises(ValueError, match="teachers"):
+        DualEMAStore(4, 3).load_state_dict(DualEMAStore(4, 3, epoch_teacher=False).state_dict())
 
     # Diagnostics of the pseudo-labels against the hidden labels, at the next epoch start.
     store.tensors["pseudo"][0] = torch.tensor([1.0, 0.9, 0.2])  # (0, 1) hidden positive found
@@ -318,67 +362,43 @@ def test_dual_ema_store_updates_and_checkpoint_round_trip():
     assert module.logged["diag/pseudo_label_recall"] == 50.0
 
 
-def test_teacher_every_k_predicts_each_sample_once_every_k_epochs():
-    module = FakeModule()
-    store = DualEMAStore(4, 3, teacher_every=2)
-    store.setup(fake_trainer(), module, "fit")
-    calls = []
-    predict = store.predict
-    store.predict = lambda trainer, pl_module, images: (
-        calls.append(images.shape[0]) or predict(trainer, pl_module, images)
-    )
-    for epoch in range(4):
-        store.on_train_batch_end(fake_trainer(epoch=epoch, step=epoch + 1), module, {}, batch_of([0, 1, 2, 3]), 0)
-        # (index + epoch) % 2 == 0: samples 0 and 2 in even epochs, 1 and 3 in odd ones.
-        expected = [0, 2] if epoch % 2 == 0 else [1, 3]
-        assert torch.nonzero(store.tensors["latest_epoch"] == epoch).flatten().tolist() == expected
-    assert calls == [2, 2, 2, 2], "the teacher forward runs on half of each batch"
-    assert store.coverage().tolist() == [2, 2, 2, 2]
-    with pytest.raises(ValueError, match="teacher_every"):
-        DualEMAStore(4, 3, teacher_every=0)
-
-
-def test_single_ema_ablation_uses_the_student_in_eval_mode():
-    module = FakeModule()
-    store = DualEMAStore(4, 3, dual_ema=False)
-    store.setup(fake_trainer(), module, "fit")
-    assert store.teacher is None
-    batch = batch_of([1, 3])
-    store.on_train_batch_end(fake_trainer(step=1), module, {}, batch, 0)
-    module.model.eval()
-    with torch.no_grad():
-        expected = module.model(batch["image"])["logits"].sigmoid()
-    torch.testing.assert_close(store.tensors["pseudo"][[1, 3]], expected)
-
-
-def test_stage_switch_records_once_decides_and_round_trips():
+def test_stage_switch_records_once_decides_and_round_trips(tmp_path):
     module = FakeModule()
     store = DualEMAStore(4, 3)
     store.setup(fake_trainer(), module, "fit")
-    store.tensors["latest"] = torch.tensor([[0.9, 0.1, 0.1], [0.2, 0.8, 0.1], [0.6, 0.3, 0.2], [0.1, 0.1, 0.9]])
+    store.tensors["latest"] = torch.tensor([[0.9, 0.1, 0.1], [0.2, 0.8, 0.6], [0.6, 0.3, 0.2], [0.1, 0.1, 0.9]])
     store.tensors["latest_epoch"].fill_(0)
     switch = EarlyLearningStageSwitch(store, StageTrigger("fixed", fixed_epoch=1))
-    switch.on_train_epoch_start(fake_trainer(epoch=0), module)
+    trainer = fake_trainer(epoch=0)
+    trainer.default_root_dir = str(tmp_path)
+    trainer.loggers = []
+    switch.on_train_epoch_start(trainer, module)
     batch = batch_of([0])
-    switch.on_train_batch_start(fake_trainer(epoch=0), module, batch, 0)
+    switch.on_train_batch_start(trainer, module, batch, 0)
     assert batch["extras"]["adagc_stage"] == "warmup" and switch.curve == []
-    switch.on_train_epoch_end(fake_trainer(epoch=0), module)
-    assert module.logged["adagc/indicator"] == pytest.approx(100.0)
-    switch.on_train_epoch_start(fake_trainer(epoch=1), module)
-    assert module.logged.pop("adagc/trigger_epoch") == 1.0
-    switch.on_train_epoch_start(fake_trainer(epoch=1), module)  # idempotent: nothing recorded or logged twice
-    assert switch.curve == [pytest.approx(100.0)] and switch.trigger_epoch == 1
+    switch.on_train_epoch_end(trainer, module)
+    # 4 TP, 1 FP (the 0.6 of sample 1), no FN -> IoU 0.8
+    assert module.logged["adagc/curve"] == pytest.approx(0.8)
+    trainer.current_epoch = 1
+    switch.on_train_epoch_start(trainer, module)
+    assert module.logged.pop("adagc/trigger_epoch") == 1.0 and module.logged.pop("adagc/epochs_rolled_back") == 0.0
+    switch.on_train_epoch_start(trainer, module)  # idempotent: nothing recorded or logged twice
+    assert switch.curve == [pytest.approx(0.8)] and switch.trigger_epoch == 1
     assert "adagc/trigger_epoch" not in module.logged
+    assert (tmp_path / "adagc_trigger.png").is_file(), "the figure is drawn when the warm-up ends"
     batch = batch_of([0])
-    switch.on_train_batch_start(fake_trainer(epoch=1), module, batch, 0)
+    switch.on_train_batch_start(trainer, module, batch, 0)
     assert batch["extras"]["adagc_stage"] == "gc"
     clone = EarlyLearningStageSwitch(store, StageTrigger("fixed", fixed_epoch=1))
     clone.load_state_dict(switch.state_dict())
-    assert clone.curve == switch.curve and clone.trigger_epoch == 1 and clone.stage(2) == "gc"
-    # Adaptive mode: decided by the curve; forced at max_warmup.
-    adaptive = EarlyLearningStageSwitch(store, StageTrigger("adaptive", min_warmup=1, max_warmup=2))
-    adaptive.curve = [30.0, 40.0]
-    assert not adaptive.should_switch(1) and adaptive.should_switch(2)
+    assert clone.curve == switch.curve and clone.decision == switch.decision and clone.stage(2) == "gc"
+    # A checkpoint from before the undone steps were counted (no trainer.max_steps was allowed then) resumes.
+    older = {k: v for k, v in switch.state_dict().items() if k != "steps_undone"}
+    clone.steps_undone = 7
+    clone.load_state_dict(older)
+    assert clone.steps_undone == 0 and clone.decision == switch.decision
+    with pytest.raises(ValueError, match="earlier AdaGC version"):
+        clone.load_state_dict({"curve": [], "trigger_epoch": None, "trigger": "adaptive"})
 
 
 def test_gc_mixup_is_reproducible_and_only_in_gc_stage():
@@ -426,20 +446,23 @@ def test_experiment_presets_compose(experiment):
 @pytest.mark.parametrize(
     ("ablation", "switch"),
     [
-        ("adagc_fixed_trigger", ("trigger", "fixed")),
-        ("adagc_single_ema", ("dual_ema", False)),
-        ("adagc_no_mixup", ("mixup", False)),
-        ("adagc_teacher_every4", ("teacher_every", 4)),
+        ("adagc_knee_trigger", {"trigger": "knee", "curve": "map"}),
+        ("adagc_fixed_trigger", {"trigger": "fixed"}),
+        ("adagc_temporal_ema", {"pseudo_labels": "temporal_ema", "correction_threshold": None}),
+        ("adagc_single_ema", {"epoch_teacher": False}),
+        ("adagc_no_mixup", {"mixup": False}),
+        ("adagc_no_gc", {"gc": False}),
     ],
 )
 def test_ablation_variants_switch_one_component_each(ablation, switch):
     full = compose("experiment=adagc_ablation").loss
     variant = compose("experiment=adagc_ablation", f"ablation={ablation}").loss
-    key, value = switch
-    assert full[key] != value and variant[key] == value
+    for key, value in switch.items():
+        assert full[key] != value and variant[key] == value
     # Everything else, the synthetic preset's settings included, stays as in the full method.
-    assert {k: v for k, v in variant.items() if k != key} == {k: v for k, v in full.items() if k != key}
-    assert variant.max_warmup == 5 and variant.teacher_momentum == 0.99
+    assert {k: v for k, v in variant.items() if k not in switch} == {k: v for k, v in full.items() if k not in switch}
+    assert variant.window_sizes == [2, 3] and variant.teacher_momentum == 0.99
+    assert full.trigger == "aio2" and full.epoch_teacher and full.pseudo_labels == "teacher"
 
 
 def test_ablation_preset_matches_the_methods_sweep_setting():
@@ -455,59 +478,15 @@ def compose(*overrides: str):
         return compose_config("train", overrides=list(overrides))
 
 
-# -- real training: resume across the stage switch -------------------------------------------------
+def test_snapshot_interval_and_the_nearest_saved_epoch():
+    from splml.methods.adagc.rollback import TrainingSnapshots
 
-
-def _callback_states(ckpt: Path) -> dict[str, dict]:
-    return torch.load(ckpt, map_location="cpu", weights_only=False)["callbacks"]
-
-
-def _assert_same(a, b, where: str) -> None:
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for key in a:
-            _assert_same(a[key], b[key], f"{where}/{key}")
-    else:
-        assert a == b, where
-
-
-@pytest.mark.parametrize(
-    "trigger",
-    [
-        # switched before the interruption: the resumed run must restore the GC stage
-        ["loss.trigger=fixed", "loss.fixed_epoch=1"],
-        # switched right after the resume (forced at max_warmup): decided from the restored curve
-        ["loss.trigger=adaptive", "loss.min_warmup=2", "loss.max_warmup=2"],
-    ],
-    ids=["fixed1", "adaptive-after-resume"],
-)
-def test_resume_across_the_stage_switch_equals_uninterrupted_run(tmp_path, trigger):
-    cache = tmp_path / "cache"
-    common = ["loss=adagc", *trigger, "seed=5", "dataset.datamodule.image_size=32", "trainer.max_epochs=3"]
-    full = train(compose_train(tmp_path / "straight", *common, cache_dir=cache))
-    train(compose_train(
-        tmp_path / "resumed", *common, "+callbacks.stop._target_=tests.helpers.StopAfterEpochs",
-        "+callbacks.stop.epochs=2", cache_dir=cache,
-    ))  # fmt: skip
-    resumed = train(compose_train(
-        tmp_path / "resumed", *common, f"ckpt_path={tmp_path / 'resumed' / 'checkpoints' / 'last.ckpt'}",
-        cache_dir=cache,
-    ))  # fmt: skip
-
-    states_full = _callback_states(tmp_path / "straight" / "checkpoints" / "last.ckpt")
-    states_resumed = _callback_states(tmp_path / "resumed" / "checkpoints" / "last.ckpt")
-    for name in ("EarlyLearningStageSwitch", "DualEMAStore"):
-        _assert_same(states_full[name], states_resumed[name], name)
-    switch = states_full["EarlyLearningStageSwitch"]
-    assert switch["trigger_epoch"] == (1 if "loss.fixed_epoch=1" in trigger else 2)
-    assert len(switch["curve"]) == 2 and all(math.isfinite(v) for v in switch["curve"])
-    assert states_full["DualEMAStore"]["tensors"]["update_count"].tolist() == [3] * 48
-    for metric in ("test/mAP_macro", "test/mAP_micro", "val/mAP_macro_best"):
-        assert resumed[metric] == pytest.approx(full[metric], abs=1e-6), metric
-    with open(tmp_path / "resumed" / "csv" / "metrics.csv") as fh:
-        rows = list(csv.DictReader(fh))
-    triggers = [row["epoch"] for row in rows if row.get("adagc/trigger_epoch")]
-    assert triggers == [str(switch["trigger_epoch"])], "the trigger epoch is logged once"
-    assert {row["epoch"] for row in rows if row.get("adagc/indicator")} == {"0", "1", "2"}
+    snapshots = TrainingSnapshots(every=2)
+    assert [e for e in range(7) if snapshots.due(e)] == [2, 4, 6], "from epoch 1 on, every 2 epochs"
+    snapshots.epochs = [2, 4]
+    assert [snapshots.nearest(t) for t in (1, 3, 4, 5, 9)] == [2, 2, 4, 4, 4], "ties go to the earlier epoch"
+    assert not snapshots.due(4), "an epoch is saved once"
+    with pytest.raises(RuntimeError, match="no snapshot"):
+        TrainingSnapshots().nearest(1)
+    with pytest.raises(ValueError, match="interval"):
+        TrainingSnapshots(every=0)

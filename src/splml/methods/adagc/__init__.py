@@ -1,1 +1,1 @@
-"""AdaGC, a reconstruction: loss, early-learning indicator, stage switch, weight-EMA teacher, dual-EMA store and Mixup."""
+"""AdaGC, a reconstruction completed with AIO2's trigger: loss, curve, detection, rollback, switch, teachers, store, Mixup, figure."""

@@ -1,60 +1,84 @@
-"""AdaGC's early-learning indicator and the test for the end of early learning (RECONSTRUCTION).
+"""AdaGC's monitored curve and the earlier knee rule (RECONSTRUCTION).
 
-Pure functions of the indicator curve (one value per finished epoch), used by the dual-EMA store
-(which records the predictions the indicator is computed from) and the stage switch (which
-decides on the curve). See :mod:`splml.methods.adagc.loss` for the method.
+The curve is one value per finished epoch, computed from the predictions the dual-EMA store
+recorded during the epoch (the per-iteration teacher's, right after each of its updates) against
+the *observed* labels ``z`` (unknown entries count as negatives, exactly as AN trains them):
+
+* ``jaccard`` (the default, :func:`observed_jaccard`): micro Jaccard index (IoU) of the
+  predictions thresholded at 0.5 against ``z``, in [0, 1]. AIO2 monitors the teacher's IoU of
+  the predicted masks against the noisy masks, pixel by pixel; the multi-label analogue counts
+  label entries instead of pixels. It follows the three stages the rule looks for: while the clean
+  signal is learnt the observed positives cross 0.5 (IoU up fast); in the transition the teacher
+  also predicts the hidden positives, which count as false positives against ``z`` (IoU flat);
+  when the false negatives are memorised those predictions fall below 0.5 again (IoU up again).
+  It is thresholded at the same 0.5 the corrections use, so it tracks exactly the decision the
+  corrections will make, and its range [0, 1] is the one the fit's bound ``a <= 1`` assumes.
+* ``map`` (:func:`early_learning_indicator`, the earlier choice, kept for the ``knee`` variant):
+  macro AP against ``z``, as a fraction in [0, 1]; threshold-free and ranking-based.
+
+:func:`early_learning_has_ended` is the earlier trigger rule (``trigger: knee``): a saturating fit
+with a knee test and a window check, bounded by ``min_warmup``/``max_warmup``, no rollback.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from torch import Tensor
 
+from splml.methods.adagc.detection import saturating_curve, saturating_slope
 from splml.metrics import average_precision_per_class
 
-# -- the early-learning indicator and the curve it draws ------------------------------------------
+# -- the monitored curve --------------------------------------------------------------------------
+
+
+def observed_jaccard(probs: Tensor, annotated: Tensor) -> float:
+    """Micro Jaccard index (IoU) of ``probs > 0.5`` against the observed positives ``annotated``.
+
+    ``TP / (TP + FP + FN)`` over every entry of the rows (torchmetrics' micro multilabel Jaccard
+    index). NaN without rows, or when nothing is predicted and nothing annotated.
+    """
+    from torchmetrics.functional.classification import multilabel_jaccard_index
+
+    if probs.numel() == 0 or not bool((probs > 0.5).any() | annotated.bool().any()):
+        return float("nan")
+    value = multilabel_jaccard_index(
+        probs.float(), annotated.long(), num_labels=probs.shape[1], threshold=0.5, average="micro"
+    )
+    return float(value)
 
 
 def early_learning_indicator(probs: Tensor, annotated: Tensor) -> float:
-    """Macro AP (percent) of the predictions against the *observed* labels ``z``.
+    """Macro AP (fraction in [0, 1]) of the predictions against the observed labels ``z``.
 
-    Unknown entries count as negatives, exactly as AN trains them. Why this measure (and not,
-    say, the mean probability on the observed positives): it follows both halves of the
-    memorisation story. While the network learns the clean signal it ranks the annotated
-    positive of each class above the other images, so the AP rises fast; then it plateaus; and
-    when the network starts memorising the false negatives it pushes the *hidden* positives
-    (labelled 0 in ``z``) below everything, which raises the AP against ``z`` again. A
-    probability averaged over the positives alone would not see the second rise, and an accuracy
-    at 0.5 is dominated by the mass of negatives. AP is threshold-free and ranking-based, so
-    calibration drift of the teacher does not move it. Classes without an observed positive
-    among the rows are left out (their AP is undefined). Returns NaN when no class is left.
+    Classes without an observed positive among the rows are left out (their AP is undefined).
+    Returns NaN when no class is left.
     """
     if probs.numel() == 0:
         return float("nan")
     ap = average_precision_per_class(probs.double().cpu().numpy(), annotated.cpu().numpy().astype(np.float64))
     valid = ap[~np.isnan(ap)]
-    return float(100.0 * valid.mean()) if valid.size else float("nan")
+    return float(valid.mean()) if valid.size else float("nan")
 
 
-def saturating_curve(x: np.ndarray, a: float, b: float, c: float) -> np.ndarray:
-    """``a (1 - exp(-b x^c))``: the early-learning model of the indicator."""
-    return a * (1.0 - np.exp(-b * np.power(x, c)))
+#: ``curve:`` option -> the score of one epoch's predictions against the observed labels.
+CURVE_SCORES: dict[str, Callable[[Tensor, Tensor], float]] = {
+    "jaccard": observed_jaccard,
+    "map": early_learning_indicator,
+}
 
 
-def saturating_slope(x: np.ndarray, a: float, b: float, c: float) -> np.ndarray:
-    """Derivative of :func:`saturating_curve` with respect to ``x``."""
-    return a * b * c * np.power(x, c - 1.0) * np.exp(-b * np.power(x, c))
+# -- the earlier knee rule (trigger: knee) ---------------------------------------------------------
 
 
 def fit_saturating_curve(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float] | None:
     """Least-squares ``(a, b, c)`` of :func:`saturating_curve`, or None when no fit converges.
 
     Robustness measures, because the fit runs on a handful of noisy points: ``y`` is scaled to
-    max |y| = 1 (the indicator is in percent), the parameters are bounded (``a`` in (0, 10] in
+    max |y| = 1 (so the rule does not depend on the curve's unit), the parameters are bounded (``a`` in (0, 10] in
     scaled units, ``b`` in (0, 20], ``c`` in [0.2, 5]), several starting points are tried and
     the one with the smallest residual wins, and convergence failures or non-finite results are
     skipped. ``x`` must be positive (epochs are counted from 1).

@@ -1,35 +1,46 @@
 """AdaGC: adaptive gradient calibration for single-positive multi-label learning (RECONSTRUCTION).
 
-The paper body and its official code could not be consulted; this module rebuilds the method
-from its published summary only (``specs/methods.md``, "AdaGC"), so every detail below that the
-summary does not fix is a choice of this suite, stated where it is made. The method has five
-parts, each switchable so that the ablations can be run:
+AdaGC's paper body and official code could not be consulted. What its published summary says:
+two stages; an early-learning detection indicator that triggers gradient calibration (GC) after a
+warm-up, from the training dynamics; a dual-EMA module for robust pseudo-labels ("temporal
+prediction fusion"); Mixup within GC. The missing pieces come from its first author's earlier
+method for incomplete labels in remote sensing, AIO2 (IEEE TGRS 2024, public code
+``zhu-xlab/AIO2``; the facts used are listed in ``specs/methods.md``, AdaGC), and where neither
+says, the choice is this suite's and is stated where it is made. The parts, each switchable:
 
 1. warm-up stage: plain AN (every unknown label trained towards 0);
-2. stage switch at the end of the early-learning phase, detected from the training agreement of
-   the teacher's predictions with the observed labels (``trigger: adaptive``) or at a fixed
-   epoch (``trigger: fixed``) -- :class:`~splml.methods.adagc.switch.EarlyLearningStageSwitch` with
-   its :class:`~splml.methods.adagc.switch.StageTrigger`;
-3. dual EMA pseudo-labels: a weight-EMA teacher of the model and a per-sample temporal EMA of
-   its predictions (``dual_ema: false`` = the student's own per-sample EMA, no teacher) --
-   :class:`~splml.methods.adagc.store.DualEMAStore` (teacher: :mod:`splml.methods.adagc.teacher`);
+2. end of the warm-up (:class:`~splml.methods.adagc.switch.EarlyLearningStageSwitch`): AIO2's
+   detection of the transition stage on the per-step teacher's training score against the
+   observed labels, then a **rollback** of student, teachers, optimizer, schedule and every
+   per-sample store to the trigger epoch (``trigger: aio2``, from AIO2); the earlier knee rule
+   without rollback (``trigger: knee``) and a fixed epoch (``trigger: fixed``) are variants;
+3. dual EMA (:class:`~splml.methods.adagc.store.DualEMAStore`): a weight-EMA teacher updated every
+   step and one updated every epoch (AIO2's two EMAs), whose probabilities are averaged (ours);
+   ``epoch_teacher: false`` keeps the per-step one alone; ``pseudo_labels: temporal_ema`` replaces
+   the online predictions by a per-sample temporal EMA of them (the earlier choice, a variant);
 4. gradient calibration (GC stage): unknown entries are trained towards the pseudo-label instead
-   of towards 0 (:func:`gradient_calibration_loss`);
+   of towards 0 (:func:`gradient_calibration_loss`); by default the pseudo-label is the correction
+   ``1[teacher probability > 0.5]`` (AIO2's online correction: observed labels plus the teacher's
+   confident predictions), ``correction_threshold: null`` keeps it soft; ``gc: false`` trains AN
+   in the corrected stage too (the ablation of GC itself);
 5. Mixup inside the GC stage (``mixup: false`` to ablate): images and the (observed + pseudo)
    targets mixed with the same permutation and lambda -- :class:`~splml.methods.adagc.mixup.GCMixup`.
 
 Stage and pseudo-labels reach the loss through ``batch["extras"]``: ``adagc_stage``
-(``"warmup"``/``"gc"``), ``adagc_pseudo`` (float B x L, the temporal EMA rows before this step's
-update) and, on mixed GC batches, ``mixup`` (``{"perm": long B, "lam": float}``).
+(``"warmup"``/``"gc"``), ``adagc_pseudo`` (float B x L in the GC stage: the teachers' mean
+probability on the batch, or the temporal EMA rows before this step's update) and, on mixed GC
+batches, ``mixup`` (``{"perm": long B, "lam": float}``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from splml.methods.adagc.indicator import CURVE_SCORES
 from splml.methods.adagc.mixup import GCMixup
 from splml.methods.adagc.store import DualEMAStore
 from splml.methods.adagc.switch import EarlyLearningStageSwitch, StageTrigger
@@ -50,9 +61,14 @@ from splml.methods.registry import register_method
 STAGES = ("warmup", "gc")
 
 
-def calibrate_pseudo_labels(pseudo: Tensor, threshold: float | None = None, sharpen: float | None = None) -> Tensor:
+def calibrate_pseudo_labels(
+    pseudo: Tensor, threshold: float | None = None, sharpen: float | None = None, correction: float | None = None
+) -> Tensor:
     """The target ``t'`` used for unknown entries, from the raw dual-EMA pseudo-label ``t``.
 
+    * ``correction`` (AIO2's correction, the default 0.5): ``t' = 1[t > correction]`` -- the
+      unknown entries the teachers are confident about become positives, the others stay AN's
+      negatives. Exclusive with the two soft options below.
     * ``threshold`` (confidence threshold): entries with ``t < threshold`` keep AN's target 0, so
       only pseudo-labels the EMA is confident about move the gradient away from AN's. It is
       applied to the raw ``t`` (the confidence of the estimate), before any sharpening.
@@ -63,6 +79,10 @@ def calibrate_pseudo_labels(pseudo: Tensor, threshold: float | None = None, shar
     The summary only says "confidence threshold / sharpening"; these exact forms are our choice.
     """
     t = pseudo.detach().clamp(0.0, 1.0)
+    if correction is not None:
+        if threshold is not None or sharpen is not None:
+            raise ValueError("AdaGC's hard correction excludes threshold/sharpen (set correction_threshold: null)")
+        return (t > correction).to(t.dtype)
     if threshold is not None:
         t = torch.where(t >= threshold, t, torch.zeros_like(t))
     if sharpen is not None:
@@ -141,23 +161,35 @@ def mixed_target_loss(probs: Tensor, targets: Tensor, weights: Tensor | None = N
 @register_method(
     "adagc",
     title="AdaGC",
-    summary=("AN warm-up, detected end of early learning, dual-EMA pseudo-labels, gradient calibration + Mixup"),
+    summary=(
+        "AN warm-up, end of the transition detected as in AIO2 with a rollback to it, dual-EMA teacher corrections, "
+        "gradient calibration + Mixup"
+    ),
     paper=ADAGC_2025,
-    formula="warm-up: AN; GC stage: z=1: -log p; z=0: lambda BCE(p, t'), t' = calibrated dual-EMA pseudo-label; z=-1: -log(1-p)",
+    formula=(
+        "warm-up: AN; GC stage (after the rollback): z=1: -log p; z=0: lambda BCE(p, t'), t' = 1[mean teacher "
+        "probability > 0.5]; z=-1: -log(1-p)"
+    ),
     stores=(EarlyLearningStageSwitch, DualEMAStore),
-    ablations=("adagc_fixed_trigger", "adagc_single_ema", "adagc_no_mixup", "adagc_teacher_every4"),
+    ablations=(
+        "adagc_knee_trigger",
+        "adagc_fixed_trigger",
+        "adagc_temporal_ema",
+        "adagc_single_ema",
+        "adagc_no_mixup",
+        "adagc_no_gc",
+    ),
     reconstruction=True,
 )
 class AdaGCLoss(SPMLLoss):
-    """AdaGC (reconstruction): AN during warm-up, gradient calibration with Mixup afterwards.
+    """AdaGC (reconstruction): AN during warm-up, gradient calibration with Mixup after the (rolled-back) trigger.
 
     The stage is decided by :class:`~splml.methods.adagc.switch.EarlyLearningStageSwitch`, never by
-    the loss (so a resumed run switches at the same epoch); the pseudo-labels come from
-    :class:`~splml.methods.adagc.store.DualEMAStore`; Mixup by
+    the loss (so a resumed run switches, and rolls back, at the same epoch); the pseudo-labels come
+    from :class:`~splml.methods.adagc.store.DualEMAStore`; Mixup by
     :class:`~splml.methods.adagc.mixup.GCMixup`. Every constructor option is in
     ``conf/loss/adagc.yaml``; the ones that only configure the callbacks are passed on by
-    :meth:`callbacks`, and each is checked once, by the part it configures (the trigger options by
-    :class:`~splml.methods.adagc.switch.StageTrigger`, here when the loss is built).
+    :meth:`callbacks`, and each is checked once, when the loss is built, by the part it configures.
     """
 
     name = "adagc"
@@ -165,36 +197,58 @@ class AdaGCLoss(SPMLLoss):
 
     def __init__(
         self,
-        trigger: str = "adaptive",
+        trigger: str = "aio2",
+        window_sizes: Sequence[int] = (2, 3, 4),
+        curve: str = "jaccard",
+        snapshot_every: int = 1,
         fixed_epoch: int = 5,
+        fixed_decided_at: int | None = None,
         min_warmup: int = 2,
         max_warmup: int = 10,
         window: int = 3,
-        dual_ema: bool = True,
         teacher_momentum: float = 0.999,
+        epoch_teacher: bool = True,
+        epoch_teacher_momentum: float = 0.99,
         teacher_ramp: bool = True,
+        pseudo_labels: str = "teacher",
         temporal_momentum: float = 0.7,
-        teacher_every: int = 1,
-        mixup: bool = True,
-        mixup_alpha: float = 1.0,
+        correction_threshold: float | None = 0.5,
+        gc: bool = True,
         gc_weight: float = 1.0,
         threshold: float | None = None,
         sharpen: float | None = None,
+        mixup: bool = True,
+        mixup_alpha: float = 1.0,
         seed: int = 0,
     ) -> None:
         super().__init__()
-        self.stage_trigger = StageTrigger(trigger, fixed_epoch, min_warmup, max_warmup, window)
-        DualEMAStore.check_options(teacher_momentum, temporal_momentum, teacher_every)
+        self.stage_trigger = StageTrigger(
+            trigger, tuple(window_sizes), fixed_epoch, fixed_decided_at, min_warmup, max_warmup, window
+        )
+        if curve not in CURVE_SCORES:
+            raise ValueError(f"AdaGC curve must be one of {sorted(CURVE_SCORES)}, got {curve!r}")
+        if int(snapshot_every) < 1:
+            raise ValueError(f"AdaGC snapshot_every must be >= 1 epoch, got {snapshot_every}")
+        DualEMAStore.check_options(teacher_momentum, epoch_teacher_momentum, pseudo_labels, temporal_momentum)
         self.mixup_callback = GCMixup(alpha=mixup_alpha, seed=seed) if mixup else None
+        if correction_threshold is not None and not 0 < correction_threshold < 1:
+            raise ValueError(f"AdaGC correction_threshold must be in (0, 1) or null, got {correction_threshold}")
+        if correction_threshold is not None and (threshold is not None or sharpen is not None):
+            raise ValueError(
+                "AdaGC's threshold and sharpen shape soft pseudo-labels; set correction_threshold: null to use them"
+            )
         if threshold is not None and not 0 <= threshold <= 1:
             raise ValueError(f"pseudo-label threshold must be in [0, 1], got {threshold}")
         if sharpen is not None and sharpen <= 0:
             raise ValueError(f"sharpening temperature must be > 0, got {sharpen}")
-        self.dual_ema = bool(dual_ema)
-        self.teacher_momentum, self.teacher_ramp = float(teacher_momentum), bool(teacher_ramp)
-        self.temporal_momentum = float(temporal_momentum)
-        self.teacher_every = int(teacher_every)
-        self.mixup = bool(mixup)
+        self.curve, self.snapshot_every = curve, int(snapshot_every)
+        self.store_options = {
+            "teacher_momentum": float(teacher_momentum), "epoch_teacher": bool(epoch_teacher),
+            "epoch_teacher_momentum": float(epoch_teacher_momentum), "teacher_ramp": bool(teacher_ramp),
+            "pseudo_labels": pseudo_labels, "temporal_momentum": float(temporal_momentum),
+        }  # fmt: skip
+        self.correction_threshold = None if correction_threshold is None else float(correction_threshold)
+        self.gc, self.mixup = bool(gc), bool(mixup)
         self.gc_weight = float(gc_weight)
         self.threshold = None if threshold is None else float(threshold)
         self.sharpen = None if sharpen is None else float(sharpen)
@@ -202,14 +256,12 @@ class AdaGCLoss(SPMLLoss):
     def callbacks(self, num_samples: int, num_classes: int) -> list[Any]:
         """Stage switch, dual-EMA store and (if on) Mixup -- in this order, which matters.
 
-        Lightning runs callbacks in list order: the switch attaches the stage that the Mixup
-        callback reads, and the store reads the clean images Mixup leaves in the batch.
+        Lightning runs callbacks in list order: the switch rolls back before any other callback's
+        epoch-start work and attaches the stage that the store and Mixup read; the store predicts
+        the clean images before Mixup replaces them.
         """
-        store = DualEMAStore(
-            num_samples, num_classes, dual_ema=self.dual_ema, teacher_momentum=self.teacher_momentum,
-            teacher_ramp=self.teacher_ramp, temporal_momentum=self.temporal_momentum, teacher_every=self.teacher_every,
-        )  # fmt: skip
-        switch = EarlyLearningStageSwitch(store, self.stage_trigger)
+        store = DualEMAStore(num_samples, num_classes, **self.store_options)
+        switch = EarlyLearningStageSwitch(store, self.stage_trigger, self.curve, self.snapshot_every)
         callbacks: list[Any] = [switch, store]
         if self.mixup_callback is not None:
             callbacks.append(self.mixup_callback)
@@ -226,9 +278,9 @@ class AdaGCLoss(SPMLLoss):
             raise RuntimeError("AdaGC has mixup=true but the GC batch carries no extras['mixup']; is GCMixup missing?")
 
         unk = unknown_mask(observed)
-        if stage == "gc":
+        if stage == "gc" and self.gc:
             pseudo = calibrate_pseudo_labels(
-                require_extra(batch, "adagc_pseudo", self.name), self.threshold, self.sharpen
+                require_extra(batch, "adagc_pseudo", self.name), self.threshold, self.sharpen, self.correction_threshold
             )
             pseudo_positive = unk & (pseudo > 0.5)
         else:

@@ -1,8 +1,8 @@
 """AdaGC's weight-EMA teacher (RECONSTRUCTION; see :mod:`splml.methods.adagc.loss`).
 
-The teacher is timm's :class:`timm.utils.ModelEmaV3` of the model: a frozen deep copy whose
-parameters follow the student's by ``theta_T <- m theta_T + (1 - m) theta_S`` after every
-optimizer step and whose buffers (batch-norm statistics) are copied. What this module adds:
+A teacher is timm's :class:`timm.utils.ModelEmaV3` of the model: a frozen deep copy whose
+parameters follow the student's by ``theta_T <- m theta_T + (1 - m) theta_S`` at every update
+(after each optimizer step, or once per epoch) and whose buffers (batch-norm statistics) are copied. What this module adds:
 the momentum schedule :func:`teacher_momentum_at` (the Mean-Teacher ramp, passed to the EMA as
 its decay at every update) and, under DDP, rank 0's buffers on every rank
 (:func:`broadcast_buffers_`), so that the ranks' teachers stay identical.
@@ -22,7 +22,7 @@ from splml.methods.store import distributed_ready
 
 
 def teacher_momentum_at(step: int, momentum: float, ramp: bool = True) -> float:
-    """EMA momentum after ``step`` optimizer steps (1 = the first).
+    """EMA momentum of the ``step``-th update (1 = the first; one per optimizer step or per epoch).
 
     With ``ramp`` (Tarvainen & Valpola, Mean Teacher, 2017) it is ``min(momentum, 1 - 1/step)``:
     the teacher is the plain average of all student weights so far until that average would
@@ -71,7 +71,7 @@ class EMATeacher:
         return self.ema.module
 
     def update(self, student: nn.Module, step: int) -> None:
-        """One EMA step towards ``student`` after optimizer step ``step`` (1 = the first), buffers synced."""
+        """The ``step``-th EMA step towards ``student`` (1 = the first), buffers synced."""
         # ModelEmaV3.update uses its ``decay`` when no step is given: the ramp is ours.
         self.ema.decay = teacher_momentum_at(step, self.momentum, self.ramp)
         self.ema.update(student)
