@@ -54,7 +54,10 @@ def test_valid_config_passes_and_evaluation_skips_the_training_keys(tmp_path):
 
 def test_a_head_given_to_retrieval_is_refused_naming_both_keys(tmp_path):
     """task=retrieval has no classifier head: head=q2l (or linear) would be ignored, so it is an error."""
-    for head, named in (("q2l", "splml.models.q2l.Query2LabelHead"), ("linear", "splml.models.model.SpatialLinearHead")):
+    for head, named in (
+        ("q2l", "splml.models.q2l.Query2LabelHead"),
+        ("linear", "splml.models.model.SpatialLinearHead"),
+    ):
         cfg = compose_train(tmp_path, "task=retrieval", f"head={head}")
         with pytest.raises(ValueError, match=rf"^head=<{named}>: task=retrieval has no classifier head"):
             train(cfg)

@@ -353,7 +353,9 @@ def test_the_positional_encoding_is_the_released_one():
 
 
 def test_initialisation_is_the_released_one():
-    head = Query2LabelHead(in_features=24, num_classes=5, hidden_dim=64, feedforward_dim=96, decoder_self_attention=True)
+    head = Query2LabelHead(
+        in_features=24, num_classes=5, hidden_dim=64, feedforward_dim=96, decoder_self_attention=True
+    )
     layer = head.decoder[0]
     for attention in (layer.self_attn, layer.cross_attn, head.encoder[0].attn):
         assert torch.equal(attention.in_proj_bias, torch.zeros_like(attention.in_proj_bias))

@@ -55,9 +55,7 @@ def _check_head_fits_task(cfg: DictConfig) -> None:
             "selects head=none)"
         )
     if task_name != "retrieval" and head is None:
-        raise ValueError(
-            f"head=none: task={task_name} needs a classifier head; choose head=linear, boostlu or q2l"
-        )
+        raise ValueError(f"head=none: task={task_name} needs a classifier head; choose head=linear, boostlu or q2l")
 
 
 def _group_choice(cfg: DictConfig, group: str) -> str | None:

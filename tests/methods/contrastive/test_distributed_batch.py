@@ -24,8 +24,9 @@ LOSSES = {
     "jaccard_supcon": lambda gather: JaccardSupConLoss(tau=0.2, gather_across_processes=gather),
     "mulsupcon": lambda gather: MulSupConLoss(tau=0.2, gather_across_processes=gather),
     "macl": lambda gather: MACLLoss(tau=0.2, alpha=0.7, beta=0.4, gather_across_processes=gather),
-    "macl_pair": lambda gather: MACLLoss(tau=0.2, alpha=0.7, beta=0.4, denominator="pair",
-                                         gather_across_processes=gather),  # fmt: skip
+    "macl_pair": lambda gather: MACLLoss(
+        tau=0.2, alpha=0.7, beta=0.4, denominator="pair", gather_across_processes=gather
+    ),
 }
 #: Images of the union batch per rank: uneven (a last batch), and rank 1 also holds one padded duplicate.
 SPLIT = (4, 3)

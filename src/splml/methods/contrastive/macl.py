@@ -37,9 +37,9 @@ from torch import Tensor
 from splml.methods.contrastive.base import (
     ContrastiveLoss,
     contrastive_log_prob,
-    off_diagonal,
     jaccard_overlap,
     label_matrix,
+    off_diagonal,
     positive_pairs,
     shared_label_counts,
     weighted_positive_loss,
