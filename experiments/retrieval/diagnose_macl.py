@@ -13,7 +13,10 @@ temperature range (``tau``, ``alpha``, ``beta``), the pair weighting, and the gr
 (the loss times 0.1, or SGD instead of Adam). Besides retrieval, each row reports the mean
 cosine of all pairs, of the pairs sharing a label and of the others, and both readings of the
 MACL loss (``pair``, ``positive``) of the trained network on fresh batches, next to a collapsed
-projection (every ``z`` equal), to show which configurations each objective prefers.
+projection (every ``z`` equal), to show which configurations each objective prefers. The first
+column needs no training: the share of an anchor's softmax mass that sits on its negatives when
+every ``z`` is equal (:func:`negative_share_at_collapse`), i.e. how much a variant can still gain
+by pushing negatives apart once the positives are aligned.
 
 The table goes into experiments/retrieval/README.md (block ``macl_diagnosis``).
 """
@@ -31,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from splml.methods.contrastive.base import positive_pairs
-from splml.methods.contrastive.macl import macl_loss
+from splml.methods.contrastive.base import jaccard_overlap, positive_pairs
+from splml.methods.contrastive.macl import label_rarity, macl_loss
 from splml.methods.contrastive.supcon import supcon_loss
 from splml.retrieval_metrics import compute_retrieval_metrics
 from splml.utils.markdown import write_generated_block
@@ -46,22 +49,57 @@ def macl(denominator: str = "positive", tau: float = 0.1, alpha: float = 0.5, be
     return lambda z, y: scale * macl_loss(z, y, tau, alpha, beta, weighting, denominator)["loss"]
 
 
-#: name -> (loss, optimiser); the defaults are the benchmark's (tau 0.1, alpha = beta = 0.5, weighting on).
-VARIANTS: dict[str, tuple[LossFn, str]] = {
-    "SupCon": (lambda z, y: supcon_loss(z, y, 0.1), "adam"),
-    "SupCon, SGD": (lambda z, y: supcon_loss(z, y, 0.1), "sgd"),
-    "MACL pair (described formula)": (macl("pair"), "adam"),
-    "pair, no weighting": (macl("pair", weighting=False), "adam"),
-    "pair, beta = 0": (macl("pair", beta=0.0), "adam"),
-    "pair, alpha = 0 (= positive, alpha = 0)": (macl("pair", alpha=0.0), "adam"),
-    "pair, alpha = 0.1": (macl("pair", alpha=0.1), "adam"),
-    "pair, tau = 0.2": (macl("pair", tau=0.2), "adam"),
-    "pair, tau = 0.5": (macl("pair", tau=0.5), "adam"),
-    "pair, loss x 0.1": (macl("pair", scale=0.1), "adam"),
-    "pair, SGD": (macl("pair"), "sgd"),
-    "MACL positive (default)": (macl("positive"), "adam"),
-    "positive, SGD": (macl("positive"), "sgd"),
+#: SupCon is MACL without its parts (alpha = beta = 0, no weighting; then both denominators agree).
+SUPCON = {"alpha": 0.0, "beta": 0.0, "weighting": False}
+#: name -> (MACL options, optimiser); the defaults are the benchmark's (tau 0.1, alpha = beta = 0.5, weighting on).
+VARIANTS: dict[str, tuple[dict, str]] = {
+    "SupCon": (SUPCON, "adam"),
+    "SupCon, SGD": (SUPCON, "sgd"),
+    "MACL pair (described formula)": ({"denominator": "pair"}, "adam"),
+    "pair, no weighting": ({"denominator": "pair", "weighting": False}, "adam"),
+    "pair, beta = 0": ({"denominator": "pair", "beta": 0.0}, "adam"),
+    "pair, alpha = 0 (= positive, alpha = 0)": ({"denominator": "pair", "alpha": 0.0}, "adam"),
+    "pair, alpha = 0.1": ({"denominator": "pair", "alpha": 0.1}, "adam"),
+    "pair, tau = 0.2": ({"denominator": "pair", "tau": 0.2}, "adam"),
+    "pair, tau = 0.5": ({"denominator": "pair", "tau": 0.5}, "adam"),
+    "pair, loss x 0.1": ({"denominator": "pair", "scale": 0.1}, "adam"),
+    "pair, SGD": ({"denominator": "pair"}, "sgd"),
+    "MACL positive (default)": ({"denominator": "positive"}, "adam"),
+    "positive, SGD": ({"denominator": "positive"}, "sgd"),
 }
+
+
+def loss_of(options: dict) -> LossFn:
+    if options is SUPCON:
+        return lambda z, y: supcon_loss(z, y, 0.1)
+    return macl(**options)
+
+
+def negative_share_at_collapse(labels: Tensor, options: dict, seed: int = 0, batches: int = 50) -> float:
+    """Percent of an anchor's softmax mass on its negatives when every z is equal, mean over anchors and batches.
+
+    It bounds what separating the negatives can gain while the positives stay aligned:
+    ``-log(1 - share)`` nats per term. Pair reading: candidate ``a`` weighs ``exp(1 / T_ia)``;
+    positive reading (and SupCon): every candidate of a term weighs the same, so the share is the
+    fraction of negatives among the candidates.
+    """
+    tau, alpha, beta = options.get("tau", 0.1), options.get("alpha", 0.5), options.get("beta", 0.5)
+    pair = options.get("denominator", "positive") == "pair"
+    gen = torch.Generator().manual_seed(seed)
+    shares = []
+    for _ in range(batches):
+        y = labels[torch.randperm(labels.shape[0], generator=gen)[:32]].repeat_interleave(2, dim=0).double()
+        n = y.shape[0]
+        off = ~torch.eye(n, dtype=torch.bool)
+        positives = positive_pairs(y)
+        negatives = ~positives & off
+        if pair:
+            inverse = (1 + alpha * jaccard_overlap(y) + beta * label_rarity(y)[:, None]) / tau
+            mass = inverse.masked_fill(~off, float("-inf")).softmax(dim=1)
+        else:
+            mass = off.double() / (n - 1)
+        shares.append(float((mass * negatives).sum(dim=1)[positives.any(dim=1)].mean()))
+    return 100 * statistics.fmean(shares)
 
 
 def training_labels() -> np.ndarray:
@@ -83,6 +121,7 @@ def training_labels() -> np.ndarray:
 
 
 def train_variant(labels: Tensor, loss_fn: LossFn, optimiser: str, seed: int, steps: int) -> dict[str, float]:
+    """Train the MLP with ``loss_fn`` and measure retrieval, cosines and both MACL readings (see the module docstring)."""
     gen = torch.Generator().manual_seed(seed)
     n, num_labels = labels.shape
     inputs = labels.float() @ torch.randn(num_labels, 64, generator=gen) * 0.3 + torch.randn(n, 64, generator=gen)
@@ -138,7 +177,8 @@ def collapsed_losses(labels: Tensor, seed: int) -> dict[str, float]:
     return out
 
 
-COLUMNS = ["mAP@100", "cos all", "cos positives", "cos negatives", "loss pair", "loss positive"]
+COLUMNS = ["negatives' share at collapse (%)", "mAP@100", "cos all", "cos positives", "cos negatives", "loss pair",
+           "loss positive"]  # fmt: skip
 
 
 def cell(values: list[float]) -> str:
@@ -159,13 +199,14 @@ def main() -> None:
     started = time.time()
     labels = torch.from_numpy(training_labels())
     rows = [f"| variant | optimiser | {' | '.join(COLUMNS)} |", "|---|---|" + "---:|" * len(COLUMNS)]
-    for name, (loss_fn, optimiser) in VARIANTS.items():
-        runs = [train_variant(labels, loss_fn, optimiser, seed, args.steps) for seed in args.seeds]
-        cells = [cell([r[c] for r in runs]) for c in COLUMNS]
+    for name, (options, optimiser) in VARIANTS.items():
+        share = negative_share_at_collapse(labels, options)
+        runs = [train_variant(labels, loss_of(options), optimiser, seed, args.steps) for seed in args.seeds]
+        cells = [f"{share:.1f}"] + [cell([r[c] for r in runs]) for c in COLUMNS[1:]]
         rows.append(f"| {name} | {optimiser} | {' | '.join(cells)} |")
         print(rows[-1], flush=True)
     collapsed = collapsed_losses(labels, args.seeds[0])
-    blank = ["", "1.000", "1.000", "1.000"]
+    blank = ["", "", "1.000", "1.000", "1.000"]
     rows.append(f"| collapsed projection (every z equal) | | {' | '.join(blank)} | "
                 f"{collapsed['loss pair']:.3f} | {collapsed['loss positive']:.3f} |")  # fmt: skip
     table = "\n".join(rows)
