@@ -50,3 +50,32 @@ def test_valid_config_passes_and_evaluation_skips_the_training_keys(tmp_path):
     check_run_config(compose_train(tmp_path, "trainer.max_epochs=0"), training=False)
     with pytest.raises(ValueError, match="dataset.datamodule.image_size=0"):
         check_run_config(compose_train(tmp_path, "dataset.datamodule.image_size=0"), training=False)
+
+
+def test_a_head_given_to_retrieval_is_refused_naming_both_keys(tmp_path):
+    """task=retrieval has no classifier head: head=q2l (or linear) would be ignored, so it is an error."""
+    for head, named in (
+        ("q2l", "splml.models.q2l.Query2LabelHead"),
+        ("linear", "splml.models.model.SpatialLinearHead"),
+    ):
+        cfg = compose_train(tmp_path, "task=retrieval", f"head={head}")
+        with pytest.raises(ValueError, match=rf"^head=<{named}>: task=retrieval has no classifier head"):
+            train(cfg)
+    assert not (tmp_path / "cache").exists(), "the synthetic data was generated before the config was checked"
+    check_run_config(compose_train(tmp_path, "task=retrieval"))  # its default, head=none, passes
+    with pytest.raises(ValueError, match=r"^head=none: task=classification needs a classifier head"):
+        check_run_config(compose_train(tmp_path, "head=none"))
+
+
+def test_the_command_line_names_the_head_option_given_to_retrieval(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "splml.train", "task=retrieval", "head=q2l", f"hydra.run.dir={tmp_path / 'run'}",
+         f"paths.cache_dir={tmp_path / 'cache'}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "head=q2l: task=retrieval has no classifier head" in proc.stderr, proc.stderr[-3000:]
+    assert not (tmp_path / "cache").exists()

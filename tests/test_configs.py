@@ -41,7 +41,7 @@ def test_groups_are_present():
         "trainer": {"cpu", "gpu", "ddp", "ddp_cpu"},
         "logger": {"csv", "wandb", "tensorboard"},
         "backbone": {"resnet18", "resnet101"},
-        "head": {"linear", "boostlu", "q2l"},
+        "head": {"linear", "boostlu", "q2l", "none"},
         "loss": {"full", "an"},
         "debug": {"fast"},
         "task": {"classification", "retrieval"},

@@ -149,6 +149,7 @@ def test_task_defaults_classification_and_retrieval_changes_what_differs(tmp_pat
         ("macl_no_weighting", {"weighting": False}),
         ("macl_no_overlap_temperature", {"alpha": 0.0}),
         ("macl_fixed_temperature", {"alpha": 0.0, "beta": 0.0}),
+        ("macl_pair_denominator", {"denominator": "pair"}),
     ],
 )
 def test_macl_ablation_variants_switch_off_one_part_each(tmp_path, ablation, changed):

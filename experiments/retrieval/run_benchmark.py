@@ -7,7 +7,7 @@ One sweep of experiment=retrieval_synthetic (ResNet-10t from scratch, 48 px, 8 e
 views per image; 200 test patches query 600 training patches) over the contrastive losses,
 label modes and seeds, in logs/bench/retrieval_synthetic, and one of MACL's ablation variants
 (``ablation=macl_no_weighting``, ``macl_no_overlap_temperature``, ``macl_fixed_temperature``,
-each reported as its own method) in the same folder. Runs are named by their
+``macl_pair_denominator``, each reported as its own method) in the same folder. Runs are named by their
 overrides and ``skip_completed=true`` skips finished ones, so re-running the command only trains
 what is missing or failed.
 
@@ -40,7 +40,7 @@ from splml.utils.markdown import write_generated_block
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 LOSSES = ["supcon", "jaccard_supcon", "mulsupcon", "macl"]
-MACL_VARIANTS = ["macl_no_weighting", "macl_no_overlap_temperature", "macl_fixed_temperature"]
+MACL_VARIANTS = ["macl_no_weighting", "macl_no_overlap_temperature", "macl_fixed_temperature", "macl_pair_denominator"]
 #: Columns of the table: the first ranks the methods and is plotted.
 METRICS = ["test/mAP@100", "test/mAP@all", "test/precision@100", "test/nDCG@100", "test/ACG@100", "test/WAP@100"]
 

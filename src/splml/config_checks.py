@@ -2,7 +2,8 @@
 
 Without these checks ``trainer.max_epochs=0`` trains nothing and then fails for want of a best
 checkpoint, a non-positive K makes the expected-positive losses optimise towards nonsense, and
-``image_size=0`` fails deep inside the reader; each only after the dataset was built. Every
+``image_size=0`` fails deep inside the reader; each only after the dataset was built; and a
+classifier head given to ``task=retrieval`` (which has none) would be ignored without a word. Every
 error names the config key, the bad value and what is allowed, as ``key=value: ...``.
 """
 
@@ -34,12 +35,42 @@ def check_run_config(cfg: DictConfig, *, training: bool = True) -> None:
         )
     if not training:
         return
+    _check_head_fits_task(cfg)
     trainer = cfg.get("trainer") or {}
     if "max_epochs" in trainer:
         _require_positive_int("trainer.max_epochs", trainer.max_epochs, "the number of training epochs")
     for path, node in _loss_nodes(cfg.get("loss"), "loss"):
         if "expected_positives" in node:
             _check_expected_positives(cfg, node, path)
+
+
+def _check_head_fits_task(cfg: DictConfig) -> None:
+    """``task=retrieval`` has no classifier head (``head=none``); classification needs one.
+
+    Only at training: checkpoints of retrieval runs written before ``head=none`` existed carry the
+    (unused) linear head in their config and still evaluate.
+    """
+    task = cfg.get("task")
+    task_name = str(task.get("name", "classification")) if task is not None else "classification"
+    head = cfg.get("head")
+    if task_name == "retrieval" and head is not None:
+        choice = _group_choice(cfg, "head") or f"<{head.get('_target_', 'a head node')}>"
+        raise ValueError(
+            f"head={choice}: task=retrieval has no classifier head (its projection, task.projection, reads the "
+            f"pooled backbone features), so head={choice} would be ignored; leave head out (task=retrieval "
+            "selects head=none)"
+        )
+    if task_name != "retrieval" and head is None:
+        raise ValueError(f"head=none: task={task_name} needs a classifier head; choose head=linear, boostlu or q2l")
+
+
+def _group_choice(cfg: DictConfig, group: str) -> str | None:
+    """Hydra's choice of ``group`` when running under Hydra (None otherwise)."""
+    if HydraConfig.initialized():
+        choice = HydraConfig.get().runtime.choices.get(group)
+        if choice:
+            return str(choice)
+    return None
 
 
 def _loss_nodes(node: Any, path: str) -> list[tuple[str, DictConfig]]:
@@ -75,11 +106,7 @@ def _check_expected_positives(cfg: DictConfig, node: DictConfig, path: str) -> N
 
 def _loss_choice(cfg: DictConfig) -> str:
     """The loss option's name: Hydra's choice when running under Hydra, else the loss class's ``name``."""
-    if HydraConfig.initialized():
-        choice = HydraConfig.get().runtime.choices.get("loss")
-        if choice:
-            return str(choice)
-    return _loss_name(cfg.loss)
+    return _group_choice(cfg, "loss") or _loss_name(cfg.loss)
 
 
 def _loss_name(node: DictConfig) -> str:

@@ -100,7 +100,7 @@ def check_weights_fit(
     if diff.fits:
         return
     missing, unexpected, reshaped = diff.missing, diff.unexpected, diff.reshaped
-    head = str(run_cfg.head.get("_target_", "?")).rsplit(".", 1)[-1]
+    head = str((run_cfg.get("head") or {}).get("_target_", "none")).rsplit(".", 1)[-1]
     model = (
         f"backbone={run_cfg.backbone.get('name')}, head={head}, {num_channels} input channels, {num_classes} classes"
     )

@@ -114,7 +114,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "overrides": job_overrides(),
         "resumed_from": cfg.get("ckpt_path"),
         "config": {
-            k: OmegaConf.to_container(cfg[k], resolve=True)
+            k: OmegaConf.to_container(cfg[k], resolve=True) if cfg.get(k) is not None else None
             for k in ("task", "dataset", "labels", "loss", "backbone", "head", "optim")
         },
         "class_names": list(datamodule.class_names),

@@ -6,6 +6,8 @@ from __future__ import annotations
 NO_ABLATION = (None, "", "none", "None", "null")
 #: The `head` option every method is described with; other heads are named beside the method.
 DEFAULT_HEAD = "linear"
+#: `head` options that add nothing to a method's name: the default, and none (task=retrieval has no head).
+UNNAMED_HEADS = (None, "", DEFAULT_HEAD, "none")
 
 
 def method_name(loss: str, ablation: str | None = None, head: str | None = None) -> str:
@@ -14,4 +16,4 @@ def method_name(loss: str, ablation: str | None = None, head: str | None = None)
     that runs of one loss with different heads are never averaged together.
     """
     name = str(ablation) if ablation not in NO_ABLATION else str(loss)
-    return name if head in (None, "", DEFAULT_HEAD) else f"{name}+{head}"
+    return name if head in UNNAMED_HEADS else f"{name}+{head}"

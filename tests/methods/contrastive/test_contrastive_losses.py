@@ -19,6 +19,7 @@ LOSSES = {
     "jaccard_supcon": lambda z, y: jaccard_supcon_loss(z, y, 0.2),
     "mulsupcon": lambda z, y: mulsupcon_loss(z, y, 0.2),
     "macl": lambda z, y: macl_loss(z, y, 0.2, alpha=0.7, beta=0.4)["loss"],
+    "macl_pair": lambda z, y: macl_loss(z, y, 0.2, alpha=0.7, beta=0.4, denominator="pair")["loss"],
 }
 
 
@@ -115,8 +116,51 @@ def test_macl_matches_the_formula_in_a_loop(seed):
         return raw_weight(i, p) / (sum(raw_weight(i, q) for q in positives) / len(positives))
 
     alpha, beta, tau = 0.7, 0.4, 0.2
-    expected = _loop_weighted(z, labels, weight, lambda i, a: tau / (1 + alpha * jaccard(i, a) + beta * rarity[i]))
-    assert float(macl_loss(z, labels, tau, alpha, beta)["loss"]) == pytest.approx(expected, rel=1e-10)
+
+    def temperature(i, a):
+        return tau / (1 + alpha * jaccard(i, a) + beta * rarity[i])
+
+    # denominator="pair": every candidate a of anchor i's softmax at its own T_ia.
+    expected = _loop_weighted(z, labels, weight, temperature)
+    assert float(macl_loss(z, labels, tau, alpha, beta, denominator="pair")["loss"]) == pytest.approx(
+        expected, rel=1e-10
+    )
+    # denominator="positive" (the default): positive p's softmax over every candidate at T_ip.
+    losses = []
+    for i in range(n):
+        w = [weight(i, p) if p != i else 0.0 for p in range(n)]
+        if sum(w) > 0:
+            terms = [w[p] * _log_softmax_row(z, i, [temperature(i, p)] * n)[p] for p in range(n) if w[p]]
+            losses.append(-sum(terms) / sum(w))
+    assert float(macl_loss(z, labels, tau, alpha, beta)["loss"]) == pytest.approx(sum(losses) / len(losses), rel=1e-10)
+    assert float(macl_loss(z, labels, tau, alpha, beta)["loss"]) != pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_macl_denominators_agree_without_the_overlap_term(seed):
+    """alpha = 0: the temperature is the anchor's, the same for every candidate, so both readings coincide."""
+    z, labels = _batch(seed)
+    positive = macl_loss(z, labels, 0.2, alpha=0.0, beta=0.6)["loss"]
+    assert float(positive) == pytest.approx(float(macl_loss(z, labels, 0.2, 0.0, 0.6, denominator="pair")["loss"]),
+                                            rel=1e-12)  # fmt: skip
+
+
+def test_a_collapsed_projection_gains_nothing_with_the_positive_denominator():
+    """All embeddings equal: every term of the default is -log(N - 1), as in SupCon; in the pair reading
+    the temperatures alone make the softmax non-uniform (a positive is sharper than a negative)."""
+    _, labels = _batch(2)
+    n = labels.shape[0]
+    collapsed = torch.ones(n, 6, dtype=torch.float64)
+    assert float(supcon_loss(collapsed, labels, 0.1)) == pytest.approx(math.log(n - 1), rel=1e-12)
+    assert float(macl_loss(collapsed, labels, 0.1, 0.5, 0.5)["loss"]) == pytest.approx(math.log(n - 1), rel=1e-12)
+    assert float(macl_loss(collapsed, labels, 0.1, 0.5, 0.5, denominator="pair")["loss"]) != pytest.approx(
+        math.log(n - 1), rel=1e-3
+    )
+
+
+def test_an_unknown_macl_denominator_is_refused():
+    with pytest.raises(ValueError, match="loss.denominator must be one of"):
+        MACLLoss(denominator="candidate")
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -14,6 +14,14 @@ suite's extension to single-positive training; the papers train on full labels.
 
 Anchors without any positive in the batch contribute nothing (they are left out of the mean);
 a batch without any positive pair gives a zero loss that still carries a gradient graph.
+
+Under DDP (``gather_across_processes``, on by default) every process contrasts the union of all
+processes' batches, not only its own: the embeddings and labels are all-gathered (padded
+duplicates of the distributed sampler left out), every process evaluates the loss of the whole
+union batch, and the gradient of the gathered embeddings flows back to the process that computed
+them, summed over the processes. After DDP averages the parameter gradients, the update is
+exactly that of one process training on the union batch (same loss, same gradient); the loss
+is the same whatever the number of processes the global batch is split over.
 """
 
 from __future__ import annotations
@@ -22,10 +30,12 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
 from splml.methods.base import LossContext, SPMLLoss
+from splml.methods.store import distributed_ready
 
 
 def flatten_views(z: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -64,6 +74,15 @@ def contrastive_log_prob(z: Tensor, temperature: Tensor | float) -> Tensor:
     return log_prob.masked_fill(~mask, 0.0)
 
 
+@torch.no_grad()
+def mean_similarity(z: Tensor) -> Tensor:
+    """Mean cosine similarity of the distinct pairs of rows of ``z`` (N >= 2): near 1, the projection has collapsed."""
+    n = z.shape[0]
+    z = F.normalize(label_matrix(z, z), dim=-1)
+    total = z.sum(dim=0)
+    return ((total @ total - (z * z).sum()) / (n * (n - 1))).to(torch.float32)
+
+
 def weighted_positive_loss(log_prob: Tensor, weights: Tensor) -> Tensor:
     """``mean_i [ -(1 / sum_p w_ip) sum_p w_ip log_prob_ip ]`` over anchors with ``sum_p w_ip > 0``.
 
@@ -98,13 +117,77 @@ def positive_pairs(labels: Tensor) -> Tensor:
     return (shared_label_counts(labels) > 0) & off_diagonal(labels.shape[0], labels.device)
 
 
+class _GatherWithGradient(torch.autograd.Function):
+    """All-gather of equal-shaped tensors along dim 0, in rank order, differentiable.
+
+    The backward pass sums the gradient of the gathered tensor over the processes (every process
+    computed a loss from it) and returns each process the rows it contributed.
+    ``torch.distributed.nn.functional.all_gather`` does the same but is deprecated.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, tensor: Tensor) -> Tensor:
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor.contiguous())
+        ctx.rows, ctx.rank = tensor.shape[0], dist.get_rank()
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
+
+
+def gather_union_batch(z: Tensor, labels: Tensor, padded: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Every process's ``z`` (B x ... , with gradients) and ``labels`` (B x L), joined in rank order.
+
+    Processes may hold different batch sizes (the last batch): rows are padded for the collective
+    and trimmed after it. Rows flagged ``padded`` (the distributed sampler's duplicates, which
+    equalise the ranks' lengths) are left out. Without distributed training the inputs are
+    returned, less their padded rows.
+    """
+    real = torch.ones(z.shape[0], dtype=torch.bool, device=z.device)
+    if padded is not None:
+        real = ~torch.as_tensor(padded, device=z.device).bool()
+    if not distributed_ready():
+        return (z, labels) if bool(real.all()) else (z[real], labels[real])
+    device = z.device
+    if dist.get_backend() == "nccl" and device.type != "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
+    sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([z.shape[0]], device=device))
+    counts = [int(n.item()) for n in sizes]
+    most = max(counts)
+    missing = most - z.shape[0]
+
+    def pad(t: Tensor) -> Tensor:
+        return torch.cat([t, t.new_zeros((missing, *t.shape[1:]))]) if missing else t
+
+    joined_z = _GatherWithGradient.apply(pad(z.to(device)))
+    # The labels with the "real row" flag in front, as bytes: no gradient, one collective.
+    rows = pad(torch.cat([real[:, None], labels.bool()], dim=1).to(device, torch.uint8))
+    parts = [torch.empty_like(rows) for _ in counts]
+    dist.all_gather(parts, rows)
+    keep = torch.cat([torch.arange(k * most, k * most + n, device=device) for k, n in enumerate(counts)])
+    joined_z, joined_rows = joined_z[keep], torch.cat(parts)[keep].bool()
+    real_rows = joined_rows[:, 0]
+    return joined_z[real_rows], joined_rows[real_rows, 1:].to(labels.dtype)
+
+
 class ContrastiveLoss(SPMLLoss):
     """Base of the retrieval losses: ``loss_fn(z, labels)`` on the flattened views of the batch.
 
-    Subclasses set ``name`` and implement :meth:`loss_fn` with their formula's options.
+    Subclasses set ``name`` and implement :meth:`loss_fn` with their formula's options, and pass
+    ``gather_across_processes`` on (see the module docstring: under DDP the loss is that of the
+    union of every process's batch; false contrasts each process's own batch only).
     """
 
     task = "retrieval"
+
+    def __init__(self, gather_across_processes: bool = True) -> None:
+        super().__init__()
+        self.gather_across_processes = bool(gather_across_processes)
 
     def loss_fn(self, z: Tensor, labels: Tensor) -> Tensor | dict[str, Tensor]:  # pragma: no cover - interface
         raise TypeError(f"{type(self).__name__} does not define loss_fn(z, labels)")
@@ -117,8 +200,15 @@ class ContrastiveLoss(SPMLLoss):
                 f"loss {self.name!r} reads the projection 'z' of the retrieval model, but the model returned "
                 f"{sorted(outputs)}; contrastive losses need task=retrieval"
             )
-        z, labels = flatten_views(outputs["z"], batch["observed"] > 0.5)
-        return self.loss_fn(z, labels)
+        z, labels = outputs["z"], batch["observed"] > 0.5
+        if self.gather_across_processes:
+            z, labels = gather_union_batch(z, labels, batch.get("padded"))
+        z, labels = flatten_views(z, labels)
+        result = self.loss_fn(z, labels)
+        result = dict(result) if isinstance(result, dict) else {"loss": result}
+        if z.shape[0] > 1:
+            result["similarity_mean"] = mean_similarity(z)
+        return result
 
 
 class TemperatureContrastiveLoss(ContrastiveLoss):
@@ -129,8 +219,8 @@ class TemperatureContrastiveLoss(ContrastiveLoss):
 
     objective: ClassVar[Callable[[Tensor, Tensor, float], Tensor]]
 
-    def __init__(self, tau: float = 0.1) -> None:
-        super().__init__()
+    def __init__(self, tau: float = 0.1, gather_across_processes: bool = True) -> None:
+        super().__init__(gather_across_processes)
         if tau <= 0:
             raise ValueError(f"loss.tau must be positive, got {tau}")
         self.tau = float(tau)
