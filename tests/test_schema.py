@@ -48,7 +48,7 @@ def test_a_wrong_type_or_an_unknown_key_fails_while_composing_naming_the_key(ove
             "dataset.datamodule.batch_size=0",
             "dataset.datamodule.batch_size=0: the batch size per process must be an integer >= 1",
         ),
-        ("optim.lr=-0.1", "optim.lr=-0.1: the backbone's learning rate must be > 0"),
+        ("optim.lr=-0.1", "optim.lr=-0.1: the backbone's learning rate must be >= 0"),
         ("optim.threshold=1", "optim.threshold=1.0: the F1 decision threshold on probabilities must be > 0 and < 1"),
         ("trainer.max_epochs=0", "trainer.max_epochs=0: the number of training epochs must be an integer >= 1"),
         ("trainer.max_epochs=-1", "trainer.max_epochs=-1: the number of training epochs must be an integer >= 1"),

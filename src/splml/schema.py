@@ -92,7 +92,8 @@ class OptimConfig:
     # option name as configs written before those groups had (optim.optimizer=sgd).
     optimizer: Any = None
     scheduler: Any = None
-    lr: float = greater_than(0, default=1.0e-3, meaning="the backbone's learning rate")
+    # 0 is allowed: it evaluates the untrained network (the retrieval benchmark's reference row).
+    lr: float = at_least(0, default=1.0e-3, meaning="the backbone's learning rate")
     weight_decay: float = at_least(0, default=1.0e-4)
     head_lr_mult: float = at_least(0, default=1.0, meaning="the head's learning rate over the backbone's")
     warmup_epochs: int = at_least(0, default=0)
