@@ -42,7 +42,6 @@ from splml.data.datasets.images import (
     IMAGE_SUFFIXES,
     MultiLabelImageDataset,
     RecordedImageAugment,
-    to_network_input,
 )
 from splml.data.transforms import BandHorizontalFlip, BandVerticalFlip, Box, FrameRandomResizedCrop, draw_crop_box
 from splml.io.errors import DataFormatError
@@ -202,27 +201,14 @@ class ImageNetDataset(MultiLabelImageDataset):
         box = centre_crop_box(image.width, image.height, self.eval_crop_fraction)
         return np.array(image.resize((size, size), self.resample, box=box), dtype=np.uint8)
 
-    def display_image(self, i: int) -> np.ndarray:
-        return self.eval_view(self.read_image(i))
-
     def __getitem__(self, key: int | tuple[int, int, bool]) -> dict[str, Any]:
-        item = super().__getitem__(key) if self.transform is not None else self._eval_item(key)
+        item = super().__getitem__(key)
         index = item["index"]
         if self.original_labels is not None:
             item["original_label"] = int(self.original_labels[index])
         if self.has_target is not None:
             item["has_target"] = bool(self.has_target[index])
         return item
-
-    def _eval_item(self, key: int | tuple[int, int, bool]) -> dict[str, Any]:
-        index, _, padded = key if isinstance(key, tuple) else (key, None, False)
-        return {
-            "image": to_network_input(self.eval_view(self.read_image(index))),
-            "target": torch.from_numpy(self.targets[index].astype(np.float32)),
-            "observed": torch.from_numpy(self.observed[index]),
-            "index": index,
-            "padded": bool(padded),
-        }
 
 
 def list_images(folder: Path) -> list[Path]:

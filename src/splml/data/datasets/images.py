@@ -253,14 +253,18 @@ class MultiLabelImageDataset(torch.utils.data.Dataset):
         """The decoded source image of sample ``i`` (RGB, native size)."""
         return read_rgb(self.image_paths[i])
 
+    def eval_view(self, image: Any) -> np.ndarray:
+        """The input without augmentation, ``S x S x 3`` uint8: the whole image resized (datasets may override)."""
+        return np.array(render_view(image, self.image_size, None, self.resample), dtype=np.uint8)
+
     def display_image(self, i: int) -> np.ndarray:
         """Image ``i`` as the network sees it without augmentation, ``S x S x 3`` uint8 (figures only)."""
-        return np.array(render_view(self.read_image(i), self.image_size, None, self.resample), dtype=np.uint8)
+        return self.eval_view(self.read_image(i))
 
     def __getitem__(self, key: int | tuple[int, int, bool]) -> dict[str, Any]:
         item = sample_item(key, self.read_image, self.targets, self.observed, self.transform)
         if self.transform is None:
-            item["image"] = np.array(render_view(item["image"], self.image_size, None, self.resample), dtype=np.uint8)
+            item["image"] = self.eval_view(item["image"])
         item["image"] = to_network_input(item["image"])
         return item
 
